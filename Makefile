@@ -1,0 +1,82 @@
+# rxstreamer: every command a developer or CI needs. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROTO_SRC := $(wildcard protos/rxstreamer/proto/*.proto)
+PROTO_OUT := rxstreamer/proto
+
+# Quick start knobs: `make run INTERVAL=1s` streams at the production default pace.
+MQ_ADDRESS ?= 127.0.0.1:50051
+INTERVAL ?= 100ms
+METRICS ?= test-data/metrics.csv
+
+.PHONY: help install proto proto-check lint typecheck test test-fast run mq telemetry-streamer run-streamer \
+        tail test-data bench clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-20s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv with rxstreamer and its development tools
+
+proto: $(STAMP) ## Regenerate the protobuf/gRPC code in rxstreamer/proto from protos/
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grpc_tools.protoc -I protos \
+	  --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. $(PROTO_SRC)
+
+proto-check: $(STAMP) ## Fail when rxstreamer/proto is stale against protos/
+	@tmp=$$(mktemp -d); \
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grpc_tools.protoc -I protos \
+	  --python_out=$$tmp --grpc_python_out=$$tmp --mypy_out=$$tmp --mypy_grpc_out=$$tmp $(PROTO_SRC) && \
+	for f in $$tmp/$(PROTO_OUT)/*; do \
+	  diff -q "$$f" "$(PROTO_OUT)/$$(basename $$f)" >/dev/null || { echo "stale generated code: $(PROTO_OUT)/$$(basename $$f) (run 'make proto')"; rm -rf $$tmp; exit 1; }; \
+	done; rm -rf $$tmp; echo "generated code is up to date"
+
+lint: $(STAMP) ## ruff (lint and format check)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP) ## mypy --strict over the package, tests and benchmarks
+	$(VENV)/bin/mypy
+
+test: $(STAMP) proto-check lint typecheck ## Everything CI checks: generated code, lint, types, the test suite
+	$(PY) -m pytest
+
+test-fast: $(STAMP) ## Only the test suite
+	$(PY) -m pytest -q
+
+run: $(STAMP) ## Quick start: a broker and the streamer on test-data/metrics.csv, ending with the summary
+	@set -e; \
+	$(PY) -m rxstreamer mq --listen $(MQ_ADDRESS) & broker=$$!; \
+	trap 'kill -TERM $$broker 2>/dev/null; wait $$broker 2>/dev/null || true' EXIT; \
+	$(PY) -m rxstreamer run --mq-address $(MQ_ADDRESS) --metrics-path $(METRICS) --interval $(INTERVAL); \
+	echo "--- the first 3 metrics the queue holds (rxstreamer tail):"; \
+	$(PY) -m rxstreamer tail --mq-address $(MQ_ADDRESS) --from-beginning --count 3
+
+mq: $(STAMP) ## Run the reference broker on MQ_ADDRESS
+	$(PY) -m rxstreamer mq --listen $(MQ_ADDRESS)
+
+telemetry-streamer: run-streamer ## Same as run-streamer
+
+run-streamer: $(STAMP) ## Run the streamer alone with settings.toml (a broker must be listening)
+	$(PY) -m rxstreamer run
+
+tail: $(STAMP) ## Print what the queue holds on MQ_ADDRESS, from the beginning
+	$(PY) -m rxstreamer tail --mq-address $(MQ_ADDRESS) --from-beginning --idle-timeout 2s
+
+test-data: $(STAMP) ## Regenerate test-data/metrics.csv (deterministic)
+	$(PY) -m rxstreamer generate --hosts 4 --gpus 8 --scrapes 3 --seed 7 --output test-data/metrics.csv
+
+bench: $(STAMP) ## Run the benchmarks and print their figures (slow; not part of `make test`)
+	$(PY) bench/memory_and_start.py
+
+clean: ## Remove the virtual environment and caches
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -1,0 +1,1 @@
+"""rxstreamer: DCGM GPU telemetry from files to a message queue, as an RxPY pipeline."""

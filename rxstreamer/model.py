@@ -1,0 +1,61 @@
+"""The values that flow through the pipeline.
+
+Rows are NamedTuples rather than dataclasses: they are created once per CSV line on the hot path, and a
+tuple is several times cheaper to build than a frozen dataclass while being just as immutable. Use
+``row._replace(value=...)`` in a transform to derive a changed row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import NamedTuple
+
+
+class MetricRow(NamedTuple):
+    """One DCGM reading, parsed from one CSV record."""
+
+    timestamp: datetime  # timezone-aware, UTC
+    metric_name: str
+    gpu_id: str
+    device: str
+    uuid: str
+    model_name: str
+    hostname: str
+    container: str
+    pod: str
+    namespace: str
+    value: float
+    labels: Mapping[str, str]  # read-only; shared between rows with the same labels_raw
+    line: int  # line number in the source file where the record starts (1 is the header)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A record that could not become a MetricRow, and why."""
+
+    line: int
+    reason: str  # a stable code, e.g. "field_count", "value_not_numeric"
+    detail: str  # a human-readable explanation naming the offending field and value
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedBatch:
+    """A batch ready to publish: its identity is fixed before the first attempt, so retries reuse it."""
+
+    producer_id: str
+    sequence: int
+    payload: bytes
+    content_type: str
+    rows: int
+
+
+@dataclass(frozen=True, slots=True)
+class PublishAck:
+    """The queue's answer to a successful publish."""
+
+    sequence: int
+    offset: int
+    duplicate: bool
+    rows: int
