@@ -1,0 +1,158 @@
+"""The gRPC edge: publish encoded batches to a MessageQueue service.
+
+Each publish is one asynchronous ``Publish`` call with a deadline. Its answer arrives on a gRPC thread
+and is handed back to the pipeline's scheduler, so every operator runs on the one pipeline thread. A
+call already sent is never cancelled by disposal: shutdown waits for it (``close``), because cutting it
+would leave the queue holding rows the streamer cannot account for.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import reactivex
+import structlog
+from reactivex import Observable, abc
+from reactivex.disposable import Disposable
+
+from rxstreamer.model import EncodedBatch, PublishAck
+from rxstreamer.proto import mq_pb2, mq_pb2_grpc
+from rxstreamer.publisher import PublishStats, StatsRecorder
+from rxstreamer.retry import PublishError
+
+log = structlog.get_logger()
+
+#: Reconnect quickly after the queue comes back: gRPC's own default waits up to two minutes.
+_CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
+
+def publish_error(error: grpc.RpcError) -> PublishError:
+    """A PublishError carrying the status name and the server's retry hint, if it sent one."""
+    status = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
+    details = (error.details() if isinstance(error, grpc.Call) else None) or str(error)
+    retry_after: float | None = None
+    if isinstance(error, grpc.Call):
+        for key, value in error.trailing_metadata() or ():
+            if key == "retry-after-ms" and isinstance(value, str) and value.isdigit():
+                retry_after = int(value) / 1000
+    return PublishError(status.name, details, retry_after)
+
+
+class GrpcPublisher:
+    """Publishes to one topic of a MessageQueue over one channel."""
+
+    def __init__(
+        self,
+        address: str,
+        topic: str,
+        *,
+        timeout: float,
+        scheduler: abc.SchedulerBase,
+        on_connectivity: Callable[[str], None] | None = None,
+    ) -> None:
+        self.address = address
+        self._topic = topic
+        self._timeout = timeout
+        self._scheduler = scheduler
+        self._channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        self._stub = mq_pb2_grpc.MessageQueueStub(self._channel)
+        self._recorder = StatsRecorder()
+        self._in_flight: set[grpc.Future[mq_pb2.PublishResponse]] = set()
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._on_connectivity = on_connectivity
+        if on_connectivity is not None:
+            self._channel.subscribe(self._connectivity_changed, try_to_connect=True)
+
+    @property
+    def stats(self) -> PublishStats:
+        return self._recorder.stats
+
+    @property
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._in_flight)
+
+    def publish(self, batch: EncodedBatch) -> Observable[PublishAck]:
+        def subscribe(
+            observer: abc.ObserverBase[PublishAck], _: abc.SchedulerBase | None = None
+        ) -> Disposable:
+            request = mq_pb2.PublishRequest(
+                topic=self._topic,
+                payload=batch.payload,
+                headers={"content-type": batch.content_type},
+                producer_id=batch.producer_id,
+                sequence=batch.sequence,
+            )
+            listening = [True]
+            call = self._stub.Publish.future(request, timeout=self._timeout)
+            with self._lock:
+                self._in_flight.add(call)
+            call.add_done_callback(lambda done: self._answered(done, batch, observer, listening))
+            return Disposable(lambda: listening.__setitem__(0, False))
+
+        return reactivex.create(subscribe)
+
+    def _answered(
+        self,
+        call: grpc.Future[mq_pb2.PublishResponse],
+        batch: EncodedBatch,
+        observer: abc.ObserverBase[PublishAck],
+        listening: list[bool],
+    ) -> None:
+        # Runs on a gRPC thread. Count first: the ack is real even if the pipeline was disposed meanwhile.
+        try:
+            response: mq_pb2.PublishResponse = call.result()
+        except grpc.RpcError as error:
+            outcome: PublishAck | PublishError = publish_error(error)
+        except grpc.FutureCancelledError:
+            outcome = PublishError("CANCELLED", "the publish was cancelled as the channel closed")
+        else:
+            outcome = PublishAck(batch.sequence, response.offset, response.duplicate, batch.rows)
+            self._recorder.record(outcome)
+        with self._lock:
+            self._in_flight.discard(call)
+            self._idle.notify_all()
+        if listening[0]:
+
+            def deliver(_: abc.SchedulerBase, __: Any = None) -> None:
+                self._deliver(observer, outcome, listening)
+
+            try:
+                self._scheduler.schedule(deliver)
+            except Exception as error:  # the scheduler is already disposed: nobody is listening any more
+                log.debug("publisher.late_answer", error=str(error))
+
+    @staticmethod
+    def _deliver(
+        observer: abc.ObserverBase[PublishAck], outcome: PublishAck | PublishError, listening: list[bool]
+    ) -> None:
+        if not listening[0]:
+            return
+        if isinstance(outcome, PublishError):
+            observer.on_error(outcome)
+        else:
+            observer.on_next(outcome)
+            observer.on_completed()
+
+    def _connectivity_changed(self, state: grpc.ChannelConnectivity) -> None:
+        if self._on_connectivity is not None:
+            self._on_connectivity(state.name)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no publish is in flight; False when ``timeout`` seconds passed first."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._in_flight, timeout=timeout)
+
+    def close(self) -> None:
+        """Close the channel; any call still in flight is cancelled. Call ``wait_idle`` first."""
+        if self._on_connectivity is not None:
+            self._channel.unsubscribe(self._connectivity_changed)
+        self._channel.close()

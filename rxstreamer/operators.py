@@ -1,0 +1,245 @@
+"""The pipeline's own RxPY operators: pull rows on demand, pace the pulls, publish with retry.
+
+RxPY is push-based: a source subscribed to emits as fast as it can, and whatever is downstream and
+slower queues it (``zip`` with an ``interval`` buffers the whole file). Here the timer is the only thing
+that pushes. Each tick *pulls* the next batch through ordinary row operators, so memory holds one batch
+whatever the size of the file, and a tick never fires while the previous batch is still being published.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Iterator
+from datetime import datetime, timedelta
+from typing import Any, Generic, TypeVar
+
+import reactivex
+from reactivex import Observable, abc
+from reactivex import operators as ops
+from reactivex.disposable import CompositeDisposable, Disposable, SerialDisposable
+from reactivex.scheduler import TimeoutScheduler
+from reactivex.subject import Subject
+
+from rxstreamer.retry import RetryPolicy
+
+_T = TypeVar("_T")
+_B = TypeVar("_B")
+_A = TypeVar("_A")
+
+Operator = Callable[[Observable[Any]], Observable[Any]]
+
+
+class PullThrough(Iterable[_B]):
+    """Rows pushed through RxPY operators one at a time, on demand.
+
+    Iterating yields what the operators emit, and reads only as many rows as it takes to produce the
+    next output. That is how a row-level chain such as ``filter → map → buffer_with_count(n)`` stays an
+    ordinary RxPY composition while the file is read lazily. The operators must be synchronous (map,
+    filter, scan, buffer_with_count, ...); time-based operators belong after pacing.
+    """
+
+    def __init__(self, rows: Iterable[Any], operators: tuple[Operator, ...]) -> None:
+        self._rows = rows
+        self._operators = operators
+
+    def __iter__(self) -> Iterator[_B]:
+        return self._pull()
+
+    def _pull(self) -> Generator[_B, None, None]:
+        rows = iter(self._rows)
+        pushed: Subject[Any] = Subject()
+        outputs: deque[_B] = deque()
+        failure: list[Exception] = []
+        finished: list[bool] = []
+        pushed.pipe(*self._operators).subscribe(outputs.append, failure.append, lambda: finished.append(True))
+        try:
+            while True:
+                while not outputs and not failure and not finished:
+                    try:
+                        row = next(rows)
+                    except StopIteration:
+                        pushed.on_completed()
+                        break
+                    pushed.on_next(row)
+                if outputs:
+                    yield outputs.popleft()
+                elif failure:
+                    raise failure[0]
+                else:
+                    return
+        finally:
+            close = getattr(rows, "close", None)
+            if close is not None:
+                close()  # releases the file when the consumer stops early
+
+
+def pull_through(rows: Iterable[Any], *operators: Operator) -> PullThrough[Any]:
+    """Lazily run ``rows`` through ``operators``; each ``next()`` pulls just enough rows for one output.
+
+    Example:
+        >>> batches = pull_through(rows, ops.filter(keep), ops.buffer_with_count(100))
+    """
+    return PullThrough(rows, operators)
+
+
+def pace(
+    items: Iterable[_B],
+    interval: float,
+    then: Callable[[Observable[_B]], Observable[_A]],
+    *,
+    scheduler: abc.SchedulerBase | None = None,
+) -> Observable[_A]:
+    """A timer that pulls one item per tick and hands it to ``then``; the next tick waits for ``then``.
+
+    Ticks are due at absolute times (start + k·interval), so pacing does not drift; the first is due at
+    subscription. When ``then`` (a publish) is still running at the next due time, the tick waits for it:
+    nothing is read ahead and nothing queues. When ``then`` is late by more than a whole interval (the
+    queue stalled), the schedule restarts from that moment instead of bursting to catch up. An interval of
+    0 pulls the next item as soon as ``then`` completes. Disposing stops the ticks; the item already handed
+    to ``then`` is left to finish by itself.
+
+    Marble, interval of 2 units, with ``then`` taking 3 units for ``b``::
+
+        items:   a b c|
+        then(a): a|
+        then(b):   ---b|
+        then(c):        c|
+        result:  a----b-c|
+    """
+
+    def subscribe(
+        observer: abc.ObserverBase[_A], scheduler_: abc.SchedulerBase | None = None
+    ) -> abc.DisposableBase:
+        pacer = _Pacer(
+            iter(items), interval, then, observer, scheduler or scheduler_ or TimeoutScheduler.singleton()
+        )
+        return pacer.start()
+
+    return Observable(subscribe)
+
+
+class _Pacer(Generic[_B, _A]):
+    """The state of one subscription to ``pace``: what was pulled, when the next tick is due."""
+
+    def __init__(
+        self,
+        source: Iterator[_B],
+        interval: float,
+        then: Callable[[Observable[_B]], Observable[_A]],
+        observer: abc.ObserverBase[_A],
+        scheduler: abc.SchedulerBase,
+    ) -> None:
+        self._source = source
+        self._period = timedelta(seconds=interval)
+        self._then = then
+        self._observer = observer
+        self._scheduler = scheduler
+        self._anchor: datetime = scheduler.now
+        self._pulled = 0
+        self._stopped = False
+        self._next_tick = SerialDisposable()
+        self._current = SerialDisposable()
+
+    def start(self) -> abc.DisposableBase:
+        self._next_tick.disposable = self._scheduler.schedule(self._tick)
+        return CompositeDisposable(self._next_tick, self._current, Disposable(self._dispose))
+
+    def _tick(self, _: abc.SchedulerBase, __: Any = None) -> None:
+        if self._stopped:
+            return
+        try:
+            item = next(self._source)
+        except StopIteration:
+            self._stopped = True
+            self._observer.on_completed()
+            return
+        except Exception as error:
+            self._fail(error)
+            return
+        if self._stopped:  # disposed while reading: drop the item unpublished and release the file
+            self._close_source()
+            return
+        self._pulled += 1
+        self._current.disposable = self._then(reactivex.just(item)).subscribe(
+            self._observer.on_next, self._fail, self._schedule_next_tick
+        )
+
+    def _schedule_next_tick(self) -> None:
+        if self._stopped:
+            return
+        now = self._scheduler.now
+        due = self._anchor + self._period * self._pulled
+        if now - due > self._period:
+            self._anchor = now - self._period * self._pulled
+            due = now
+        self._next_tick.disposable = self._scheduler.schedule_absolute(due, self._tick)
+
+    def _fail(self, error: Exception) -> None:
+        self._stopped = True
+        self._close_source()
+        self._observer.on_error(error)
+
+    def _dispose(self) -> None:
+        self._stopped = True
+        self._close_source()
+
+    def _close_source(self) -> None:
+        close = getattr(self._source, "close", None)
+        if close is not None:
+            # ValueError: the generator is running on the scheduler's thread; _tick closes it after.
+            with contextlib.suppress(ValueError):
+                close()
+
+
+def publish_with_retry(
+    publish: Callable[[_T], Observable[_A]],
+    policy: RetryPolicy,
+    *,
+    scheduler: abc.SchedulerBase | None = None,
+    on_retry: Callable[[_T, int, float, BaseException], None] | None = None,
+    uniform: Callable[[], float] | None = None,
+) -> Callable[[Observable[_T]], Observable[_A]]:
+    """Publish each item in order, retrying only the failed publish, never the stream above it.
+
+    ``retry`` placed around a pipeline resubscribes to everything upstream, and upstream is the file:
+    rows would be read and published twice. Here each item gets its own chain of attempts. A failure the
+    policy deems retryable is retried after a backoff timed on ``scheduler``; any other failure, or the
+    last allowed attempt failing, ends the stream with that error. ``on_retry(item, attempt, wait, error)``
+    is told before each wait, for logging.
+
+    Marble, with the first publish of ``a`` failing with UNAVAILABLE and a backoff of 2 units::
+
+        source:  a-----b|
+        publish: #
+                   --a|
+        result:  --a---b|
+    """
+
+    def with_retries(item: _T) -> Observable[_A]:
+        def attempts(_: abc.SchedulerBase | None) -> Observable[_A]:
+            return reactivex.catch_with_iterable(_attempts_of(item))
+
+        return reactivex.defer(attempts)
+
+    def _attempts_of(item: _T) -> Generator[Observable[_A], None, None]:
+        # catch_with_iterable subscribes to the next attempt when the previous one fails, and gives up
+        # with the last error when this generator returns: so the policy decides here, between attempts.
+        failures: list[BaseException] = []
+        attempts_made = 0
+        while True:
+            if attempts_made == 0:
+                attempt = reactivex.defer(lambda _: publish(item))
+            else:
+                error = failures[-1]
+                if not policy.should_retry(error, attempts_made):
+                    return
+                wait = policy.wait_before_retry(error, attempts_made, uniform)
+                if on_retry is not None:
+                    on_retry(item, attempts_made + 1, wait, error)
+                backoff = reactivex.timer(wait, scheduler=scheduler)
+                attempt = backoff.pipe(ops.flat_map(lambda _: publish(item)))
+            attempts_made += 1
+            yield attempt.pipe(ops.do_action(on_error=failures.append))
+
+    return ops.concat_map(with_retries)
