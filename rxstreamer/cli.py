@@ -1,0 +1,266 @@
+"""The command line: ``python -m rxstreamer [run|mq|tail|generate] ...``.
+
+Every failure a user can cause (a bad setting, a missing file, a broker that cannot bind) ends here as
+one line on stderr and exit status 2 (usage) or 1 (runtime), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from rxstreamer.config import ConfigError, Settings, load_settings
+from rxstreamer.durations import parse_duration
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+COMMANDS = ("run", "mq", "tail", "generate")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rxstreamer`` script and of ``python -m rxstreamer``."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if not args_list or args_list[0] not in (*COMMANDS, "-h", "--help"):
+        args_list.insert(0, "run")  # `rxstreamer --batch-size 5` means `rxstreamer run --batch-size 5`
+    args = _parser().parse_args(args_list)
+    try:
+        handler: Callable[[argparse.Namespace], int] = args.handler
+        return handler(args)
+    except ConfigError as error:
+        return _fail(f"invalid setting {error}", EXIT_USAGE)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"rxstreamer: {message}", file=sys.stderr)
+    return status
+
+
+def _settings(args: argparse.Namespace, overrides: dict[str, object]) -> Settings:
+    given = {key: value for key, value in overrides.items() if value is not None}
+    return load_settings(args.config, overrides=given)
+
+
+def _configure_logging(settings: Settings, args: argparse.Namespace, stream: Any = None) -> None:
+    from rxstreamer.logs import configure_logging
+
+    configure_logging(args.log_format or settings.logging.format, settings.logging.level, stream=stream)
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT/SIGTERM request a clean stop; a second one exits at once (status 130)."""
+
+    def request_stop(signum: int, _: FrameType | None) -> None:
+        if stop.is_set():
+            import os
+
+            os._exit(130)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+# --- run ----------------------------------------------------------------------------------------------
+
+
+def _run(args: argparse.Namespace) -> int:
+    from rxstreamer.pipeline import TransformError
+    from rxstreamer.service import run_streamer
+    from rxstreamer.source import SourceError
+
+    settings = _settings(
+        args,
+        {
+            "telemetry.metrics_path": args.metrics_path,
+            "telemetry.batch_size": args.batch_size,
+            "telemetry.stream_interval": args.interval,
+            "telemetry.loop": args.loop,
+            "telemetry.timestamps": args.timestamps,
+            "message_queue.address": args.mq_address,
+            "message_queue.topic": args.topic,
+            "message_queue.producer_id": args.producer_id,
+        },
+    )
+    _configure_logging(settings, args)
+    stop = threading.Event()
+    try:
+        with _stop_on_signals(stop):
+            summary = run_streamer(settings, stop=stop)
+    except (SourceError, TransformError) as error:
+        return _fail(str(error), EXIT_USAGE)
+    return summary.exit_code
+
+
+# --- mq -----------------------------------------------------------------------------------------------
+
+
+def _mq(args: argparse.Namespace) -> int:
+    from rxstreamer.broker import BrokerOptions, serve
+
+    settings = _settings(
+        args,
+        {
+            "broker.listen": args.listen,
+            "broker.max_messages": args.max_messages,
+            "broker.max_bytes": args.max_bytes,
+            "broker.retention": args.retention,
+        },
+    )
+    _configure_logging(settings, args)
+    broker = settings.broker
+    options = BrokerOptions(
+        listen=broker.listen,
+        max_messages=broker.max_messages,
+        max_bytes=broker.max_bytes,
+        retention=broker.retention,
+    )
+    return serve(options)
+
+
+# --- tail ---------------------------------------------------------------------------------------------
+
+
+def _tail(args: argparse.Namespace) -> int:
+    from rxstreamer.tail import TailError, TailOptions, tail
+
+    settings = _settings(args, {"message_queue.address": args.mq_address, "message_queue.topic": args.topic})
+    _configure_logging(settings, args, stream=sys.stderr)  # stdout carries the data
+    try:
+        idle = None if args.idle_timeout is None else parse_duration(args.idle_timeout)
+    except ValueError as error:
+        raise ConfigError("--idle-timeout", args.idle_timeout, str(error)) from error
+    if args.count is not None and args.count < 1:
+        raise ConfigError("--count", args.count, "must be an integer >= 1")
+    options = TailOptions(
+        address=settings.message_queue.address,
+        topic=settings.message_queue.topic,
+        from_beginning=args.from_beginning,
+        from_offset=args.from_offset,
+        count=args.count,
+        idle_timeout=idle,
+        with_batch=args.with_batch,
+    )
+    try:
+        tail(options, sys.stdout)
+    except TailError as error:
+        return _fail(str(error), EXIT_FAILURE)
+    except BrokenPipeError:
+        sys.stderr.close()  # `tail | head`: the reader left; nothing to report
+    return 0
+
+
+# --- generate -----------------------------------------------------------------------------------------
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from rxstreamer.generate import generate_file
+
+    for name in ("hosts", "gpus"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name}", getattr(args, name), "must be an integer >= 1")
+    if args.scrapes is not None and args.scrapes < 1:
+        raise ConfigError("--scrapes", args.scrapes, "must be an integer >= 1")
+    if args.rows is not None and args.rows < 1:
+        raise ConfigError("--rows", args.rows, "must be an integer >= 1")
+    try:
+        written = generate_file(
+            args.output,
+            hosts=args.hosts,
+            gpus=args.gpus,
+            scrapes=args.scrapes,
+            seed=args.seed,
+            scrape_interval=parse_duration(args.scrape_interval),
+            rows=args.rows,
+        )
+    except ValueError as error:
+        raise ConfigError("--scrape-interval", args.scrape_interval, str(error)) from error
+    except OSError as error:
+        return _fail(f"cannot write {args.output}: {error.strerror}", EXIT_FAILURE)
+    print(f"rxstreamer: wrote {written} rows to {args.output}", file=sys.stderr)
+    return 0
+
+
+# --- the parser ---------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, help="a TOML, YAML or JSON file overriding settings.toml")
+    common.add_argument("--log-format", choices=("json", "console", "auto"), help="overrides logging.format")
+
+    parser = argparse.ArgumentParser(
+        prog="rxstreamer",
+        description="Stream DCGM GPU telemetry from a CSV file into a message queue over gRPC.",
+        epilog="Without a command, `run` is assumed.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser("run", parents=[common], help="stream a metrics file to the queue (default)")
+    run.add_argument("--metrics-path", help="telemetry.metrics_path: the DCGM CSV to stream")
+    run.add_argument("--batch-size", help="telemetry.batch_size: rows per published batch")
+    run.add_argument(
+        "--interval", help="telemetry.stream_interval: time between batches, e.g. 250ms; 0 = no pause"
+    )
+    run.add_argument(
+        "--loop", action=argparse.BooleanOptionalAction, help="telemetry.loop: replay the file endlessly"
+    )
+    run.add_argument("--timestamps", help="telemetry.timestamps: original | processing")
+    run.add_argument("--mq-address", help="message_queue.address: host:port of the queue")
+    run.add_argument("--topic", help="message_queue.topic")
+    run.add_argument("--producer-id", help="message_queue.producer_id: identity used for deduplication")
+    run.set_defaults(handler=_run)
+
+    mq = commands.add_parser("mq", parents=[common], help="run the reference message-queue broker")
+    mq.add_argument("--listen", help="broker.listen: host:port to bind (port 0 picks a free one)")
+    mq.add_argument("--max-messages", help="broker.max_messages: retained messages per topic")
+    mq.add_argument("--max-bytes", help="broker.max_bytes: retained payload bytes per topic, e.g. 256MiB")
+    mq.add_argument("--retention", help="broker.retention: release messages older than this; 0s keeps them")
+    mq.set_defaults(handler=_mq)
+
+    tail = commands.add_parser(
+        "tail", parents=[common], help="print the metrics a topic holds, as JSON lines"
+    )
+    tail.add_argument("--mq-address", help="message_queue.address: host:port of the queue")
+    tail.add_argument("--topic", help="message_queue.topic")
+    start = tail.add_mutually_exclusive_group()
+    start.add_argument("--from-beginning", action="store_true", help="start with the oldest retained message")
+    start.add_argument("--from-offset", type=int, metavar="N", help="start at this offset")
+    tail.add_argument("--count", type=int, metavar="N", help="stop after N metrics")
+    tail.add_argument(
+        "--idle-timeout", metavar="DURATION", help="stop when nothing arrived for this long, e.g. 2s"
+    )
+    tail.add_argument(
+        "--with-batch", action="store_true", help="add producer_id, sequence and offset to each line"
+    )
+    tail.set_defaults(handler=_tail)
+
+    generate = commands.add_parser(
+        "generate", help="write a realistic synthetic DCGM CSV (test data, load files)"
+    )
+    generate.add_argument("--output", "-o", type=Path, required=True, help="the CSV file to write")
+    generate.add_argument("--hosts", type=int, default=4, help="number of hosts (default 4)")
+    generate.add_argument("--gpus", type=int, default=8, help="GPUs per host (default 8)")
+    generate.add_argument(
+        "--scrapes", type=int, help="number of scrapes (default 3, or as many as --rows needs)"
+    )
+    generate.add_argument("--rows", type=int, help="stop after this many data rows")
+    generate.add_argument(
+        "--seed", type=int, default=0, help="random seed; the same seed writes the same file"
+    )
+    generate.add_argument("--scrape-interval", default="30s", help="time between scrapes (default 30s)")
+    generate.set_defaults(handler=_generate)
+    return parser

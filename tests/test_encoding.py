@@ -1,0 +1,102 @@
+"""Rows to MetricBatch bytes and back, and the JSON shape `tail` prints."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from types import MappingProxyType
+
+from rxstreamer.encoding import (
+    CONTENT_TYPE,
+    BatchEncoder,
+    decode_batch,
+    encode_batch,
+    format_rfc3339,
+    from_timestamp,
+    metric_to_dict,
+    to_timestamp,
+)
+from rxstreamer.model import MetricRow
+
+SCRAPE = datetime(2025, 7, 18, 20, 42, 34, tzinfo=UTC)
+
+
+def row(value: float, uuid: str = "GPU-1", moment: datetime = SCRAPE) -> MetricRow:
+    labels = MappingProxyType({"Hostname": "dgx-1", "gpu": "0", "UUID": uuid})
+    return MetricRow(
+        moment,
+        "DCGM_FI_DEV_GPU_TEMP",
+        "0",
+        "nvidia0",
+        uuid,
+        "NVIDIA H100",
+        "dgx-1",
+        "",
+        "",
+        "",
+        value,
+        labels,
+        2,
+    )
+
+
+def test_a_batch_round_trips_every_field() -> None:
+    """Decoding an encoded batch gives back each row's fields, labels, timestamp and the batch identity."""
+    rows = [row(41.0), row(42.5, uuid="GPU-2")]
+    payload = encode_batch(rows, producer_id="p1", sequence=7, created_at=SCRAPE)
+    batch = decode_batch(payload)
+    assert (batch.producer_id, batch.sequence) == ("p1", 7)
+    assert [metric.value for metric in batch.metrics] == [41.0, 42.5]
+    first = batch.metrics[0]
+    assert from_timestamp(first.timestamp) == SCRAPE
+    assert (first.metric_name, first.gpu_id, first.device, first.uuid) == (
+        "DCGM_FI_DEV_GPU_TEMP",
+        "0",
+        "nvidia0",
+        "GPU-1",
+    )
+    assert (first.model_name, first.hostname, first.container, first.pod, first.namespace) == (
+        "NVIDIA H100",
+        "dgx-1",
+        "",
+        "",
+        "",
+    )
+    assert dict(batch.metrics[1].labels) == {"Hostname": "dgx-1", "gpu": "0", "UUID": "GPU-2"}
+
+
+def test_processing_timestamps_replace_the_rows_own() -> None:
+    """With stamp_rows every metric carries the batch's creation time instead of the CSV time."""
+    now = datetime(2026, 1, 2, 3, 4, 5, 678_000, tzinfo=UTC)
+    batch = decode_batch(
+        encode_batch([row(1.0), row(2.0)], producer_id="p", sequence=1, created_at=now, stamp_rows=True)
+    )
+    assert {from_timestamp(metric.timestamp) for metric in batch.metrics} == {now}
+    assert from_timestamp(batch.created_at) == now
+
+
+def test_the_encoder_numbers_batches_consecutively() -> None:
+    """Each call takes the next sequence number; rows and content type are recorded for the publisher."""
+    encoder = BatchEncoder("p", first_sequence=5, clock=lambda: SCRAPE)
+    first, second = encoder([row(1.0)]), encoder([row(1.0), row(2.0)])
+    assert (first.sequence, second.sequence) == (5, 6)
+    assert (first.rows, second.rows) == (1, 2)
+    assert first.content_type == CONTENT_TYPE
+    assert decode_batch(second.payload).sequence == 6
+
+
+def test_rfc3339_matches_the_dcgm_format() -> None:
+    """Whole seconds print without a fraction (as in the CSV); fractions keep their digits."""
+    assert format_rfc3339(to_timestamp(SCRAPE)) == "2025-07-18T20:42:34Z"
+    assert format_rfc3339(to_timestamp(SCRAPE.replace(microsecond=250_000))) == "2025-07-18T20:42:34.25Z"
+
+
+def test_metric_to_dict_has_the_proto_field_names() -> None:
+    """The JSON keys are the GpuMetric fields; labels an object; value a number."""
+    batch = decode_batch(encode_batch([row(55.5)], producer_id="p", sequence=1, created_at=SCRAPE))
+    shown = metric_to_dict(batch.metrics[0])
+    assert list(shown) == [
+        "timestamp", "metric_name", "gpu_id", "device", "uuid", "model_name",
+        "hostname", "container", "pod", "namespace", "value", "labels",
+    ]  # fmt: skip
+    assert shown["value"] == 55.5
+    assert shown["labels"] == {"Hostname": "dgx-1", "UUID": "GPU-1", "gpu": "0"}
