@@ -212,12 +212,8 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", parents=[common], help="stream a metrics file to the queue (default)")
     run.add_argument("--metrics-path", help="telemetry.metrics_path: the DCGM CSV to stream")
     run.add_argument("--batch-size", help="telemetry.batch_size: rows per published batch")
-    run.add_argument(
-        "--interval", help="telemetry.stream_interval: time between batches, e.g. 250ms; 0 = no pause"
-    )
-    run.add_argument(
-        "--loop", action=argparse.BooleanOptionalAction, help="telemetry.loop: replay the file endlessly"
-    )
+    run.add_argument("--interval", help="telemetry.stream_interval: time between batches, e.g. 250ms; 0 = no pause")
+    run.add_argument("--loop", action=argparse.BooleanOptionalAction, help="telemetry.loop: replay the file endlessly")
     run.add_argument("--timestamps", help="telemetry.timestamps: original | processing")
     run.add_argument("--mq-address", help="message_queue.address: host:port of the queue")
     run.add_argument("--topic", help="message_queue.topic")
@@ -231,36 +227,24 @@ def _parser() -> argparse.ArgumentParser:
     mq.add_argument("--retention", help="broker.retention: release messages older than this; 0s keeps them")
     mq.set_defaults(handler=_mq)
 
-    tail = commands.add_parser(
-        "tail", parents=[common], help="print the metrics a topic holds, as JSON lines"
-    )
+    tail = commands.add_parser("tail", parents=[common], help="print the metrics a topic holds, as JSON lines")
     tail.add_argument("--mq-address", help="message_queue.address: host:port of the queue")
     tail.add_argument("--topic", help="message_queue.topic")
     start = tail.add_mutually_exclusive_group()
     start.add_argument("--from-beginning", action="store_true", help="start with the oldest retained message")
     start.add_argument("--from-offset", type=int, metavar="N", help="start at this offset")
     tail.add_argument("--count", type=int, metavar="N", help="stop after N metrics")
-    tail.add_argument(
-        "--idle-timeout", metavar="DURATION", help="stop when nothing arrived for this long, e.g. 2s"
-    )
-    tail.add_argument(
-        "--with-batch", action="store_true", help="add producer_id, sequence and offset to each line"
-    )
+    tail.add_argument("--idle-timeout", metavar="DURATION", help="stop when nothing arrived for this long, e.g. 2s")
+    tail.add_argument("--with-batch", action="store_true", help="add producer_id, sequence and offset to each line")
     tail.set_defaults(handler=_tail)
 
-    generate = commands.add_parser(
-        "generate", help="write a realistic synthetic DCGM CSV (test data, load files)"
-    )
+    generate = commands.add_parser("generate", help="write a realistic synthetic DCGM CSV (test data, load files)")
     generate.add_argument("--output", "-o", type=Path, required=True, help="the CSV file to write")
     generate.add_argument("--hosts", type=int, default=4, help="number of hosts (default 4)")
     generate.add_argument("--gpus", type=int, default=8, help="GPUs per host (default 8)")
-    generate.add_argument(
-        "--scrapes", type=int, help="number of scrapes (default 3, or as many as --rows needs)"
-    )
+    generate.add_argument("--scrapes", type=int, help="number of scrapes (default 3, or as many as --rows needs)")
     generate.add_argument("--rows", type=int, help="stop after this many data rows")
-    generate.add_argument(
-        "--seed", type=int, default=0, help="random seed; the same seed writes the same file"
-    )
+    generate.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same file")
     generate.add_argument("--scrape-interval", default="30s", help="time between scrapes (default 30s)")
     generate.set_defaults(handler=_generate)
     return parser

@@ -81,9 +81,7 @@ class GrpcPublisher:
             return len(self._in_flight)
 
     def publish(self, batch: EncodedBatch) -> Observable[PublishAck]:
-        def subscribe(
-            observer: abc.ObserverBase[PublishAck], _: abc.SchedulerBase | None = None
-        ) -> Disposable:
+        def subscribe(observer: abc.ObserverBase[PublishAck], _: abc.SchedulerBase | None = None) -> Disposable:
             request = mq_pb2.PublishRequest(
                 topic=self._topic,
                 payload=batch.payload,

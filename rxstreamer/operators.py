@@ -108,12 +108,8 @@ def pace(
         result:  a----b-c|
     """
 
-    def subscribe(
-        observer: abc.ObserverBase[_A], scheduler_: abc.SchedulerBase | None = None
-    ) -> abc.DisposableBase:
-        pacer = _Pacer(
-            iter(items), interval, then, observer, scheduler or scheduler_ or TimeoutScheduler.singleton()
-        )
+    def subscribe(observer: abc.ObserverBase[_A], scheduler_: abc.SchedulerBase | None = None) -> abc.DisposableBase:
+        pacer = _Pacer(iter(items), interval, then, observer, scheduler or scheduler_ or TimeoutScheduler.singleton())
         return pacer.start()
 
     return Observable(subscribe)

@@ -91,9 +91,7 @@ class InMemoryPublisher:
         return self._recorder.stats
 
     def publish(self, batch: EncodedBatch) -> Observable[PublishAck]:
-        def subscribe(
-            observer: abc.ObserverBase[PublishAck], _: abc.SchedulerBase | None = None
-        ) -> Disposable:
+        def subscribe(observer: abc.ObserverBase[PublishAck], _: abc.SchedulerBase | None = None) -> Disposable:
             self.attempts += 1
             failure = self._failures.pop(0) if self._failures else None
             listening = [True]

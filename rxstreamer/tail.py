@@ -87,9 +87,7 @@ def _print_until_done(received: queue.Queue[object], options: TailOptions, out: 
                 break
             raise TailError(_describe(item, options.address))
         assert isinstance(item, mq_pb2.Message)
-        printed += _print_message(
-            item, options, out, limit=None if options.count is None else options.count - printed
-        )
+        printed += _print_message(item, options, out, limit=None if options.count is None else options.count - printed)
     return printed
 
 

@@ -77,9 +77,7 @@ def test_pull_through_keeps_batches_full_when_a_transform_drops_rows() -> None:
     """A filter before batching makes the pull read further, so each batch is still full."""
     rows = CountingRows(20)
     batches = list(
-        pull_through(
-            rows, ops.filter(lambda n: n % 3 == 0), ops.map(lambda n: n * 10), ops.buffer_with_count(2)
-        )
+        pull_through(rows, ops.filter(lambda n: n % 3 == 0), ops.map(lambda n: n * 10), ops.buffer_with_count(2))
     )
     assert batches == [[0, 30], [60, 90], [120, 150], [180]]
 
@@ -281,9 +279,7 @@ def test_retry_backs_off_exponentially_up_to_the_cap() -> None:
 def test_retry_stops_at_once_on_a_non_retryable_status() -> None:
     """INVALID_ARGUMENT cannot succeed later: one attempt, then the stream errors with that status."""
     scheduler = TestScheduler()
-    publisher = InMemoryPublisher(
-        failures=[PublishError("INVALID_ARGUMENT", "bad topic")], scheduler=scheduler
-    )
+    publisher = InMemoryPublisher(failures=[PublishError("INVALID_ARGUMENT", "bad topic")], scheduler=scheduler)
     batch = EncodedBatch("p", 1, b"", "text/plain", 3)
     results = scheduler.start(
         lambda: reactivex.just(batch).pipe(publish_with_retry(publisher.publish, POLICY, scheduler=scheduler))

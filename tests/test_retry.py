@@ -13,9 +13,7 @@ def test_transient_statuses_are_retried(status: str) -> None:
     assert RetryPolicy().should_retry(PublishError(status, "x"), attempts_made=1)
 
 
-@pytest.mark.parametrize(
-    "status", ["INVALID_ARGUMENT", "UNAUTHENTICATED", "PERMISSION_DENIED", "NOT_FOUND", "UNKNOWN"]
-)
+@pytest.mark.parametrize("status", ["INVALID_ARGUMENT", "UNAUTHENTICATED", "PERMISSION_DENIED", "NOT_FOUND", "UNKNOWN"])
 def test_permanent_statuses_are_not_retried(status: str) -> None:
     """A request the queue rejects for what it is will be rejected again."""
     assert not RetryPolicy().should_retry(PublishError(status, "x"), attempts_made=1)
@@ -55,11 +53,5 @@ def test_wait_is_full_jitter_within_the_bound() -> None:
 def test_the_servers_retry_hint_is_a_floor() -> None:
     """A retry-after hint longer than the jittered wait wins; a shorter one does not shorten it."""
     policy = RetryPolicy(initial_backoff=1.0, max_backoff=10.0)
-    assert (
-        policy.wait_before_retry(PublishError("RESOURCE_EXHAUSTED", "full", 3.0), 1, uniform=lambda: 0.5)
-        == 3.0
-    )
-    assert (
-        policy.wait_before_retry(PublishError("RESOURCE_EXHAUSTED", "full", 0.1), 1, uniform=lambda: 0.5)
-        == 0.5
-    )
+    assert policy.wait_before_retry(PublishError("RESOURCE_EXHAUSTED", "full", 3.0), 1, uniform=lambda: 0.5) == 3.0
+    assert policy.wait_before_retry(PublishError("RESOURCE_EXHAUSTED", "full", 0.1), 1, uniform=lambda: 0.5) == 0.5
