@@ -7,6 +7,7 @@ one line on stderr and exit status 2 (usage) or 1 (runtime), never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -59,11 +60,12 @@ def _configure_logging(settings: Settings, args: argparse.Namespace, stream: Any
 def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
     """SIGINT/SIGTERM request a clean stop; a second one exits at once (status 130)."""
 
-    def request_stop(signum: int, _: FrameType | None) -> None:
-        if stop.is_set():
-            import os
+    received: list[int] = []
 
-            os._exit(130)
+    def request_stop(signum: int, _: FrameType | None) -> None:
+        received.append(signum)
+        if len(received) > 1:
+            os._exit(130)  # the user insists: skip the graceful shutdown
         stop.set()
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -177,17 +179,20 @@ def _generate(args: argparse.Namespace) -> int:
     if args.rows is not None and args.rows < 1:
         raise ConfigError("--rows", args.rows, "must be an integer >= 1")
     try:
+        scrape_interval = parse_duration(args.scrape_interval)
+    except ValueError as error:
+        raise ConfigError("--scrape-interval", args.scrape_interval, str(error)) from error
+    scrapes = 3 if args.scrapes is None and args.rows is None else args.scrapes
+    try:
         written = generate_file(
             args.output,
             hosts=args.hosts,
             gpus=args.gpus,
-            scrapes=args.scrapes,
+            scrapes=scrapes,
             seed=args.seed,
-            scrape_interval=parse_duration(args.scrape_interval),
+            scrape_interval=scrape_interval,
             rows=args.rows,
         )
-    except ValueError as error:
-        raise ConfigError("--scrape-interval", args.scrape_interval, str(error)) from error
     except OSError as error:
         return _fail(f"cannot write {args.output}: {error.strerror}", EXIT_FAILURE)
     print(f"rxstreamer: wrote {written} rows to {args.output}", file=sys.stderr)

@@ -101,13 +101,17 @@ def broker_process(*args: str, port: int = 0) -> Iterator[Broker]:
                 broker.address = f"127.0.0.1:{json.loads(line)['port']}"
                 started.set()
 
-    threading.Thread(target=read_output, daemon=True).start()
+    reader = threading.Thread(target=read_output, daemon=True)
+    reader.start()
     try:
         if not started.wait(START_TIMEOUT):
             raise AssertionError(f"broker did not start: {''.join(broker.lines)}")
         yield broker
     finally:
         broker.stop()
+        reader.join(timeout=5)
+        if process.stdout is not None:
+            process.stdout.close()
 
 
 def start_streamer(*args: str) -> subprocess.Popen[str]:
