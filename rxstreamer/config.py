@@ -54,10 +54,14 @@ MAX_BATCH_SIZE: Final = 1_000_000
 
 TimestampMode = Literal["original", "processing"]
 LogFormat = Literal["json", "console", "auto"]
+SentinelMode = Literal["reject", "flag"]
+FsyncPolicy = Literal["always", "interval", "never"]
 
 TIMESTAMP_MODES: Final = ("original", "processing")
 LOG_FORMATS: Final = ("json", "console", "auto")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+SENTINEL_MODES: Final = ("reject", "flag")
+FSYNC_POLICIES: Final = ("always", "interval", "never")
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,12 @@ class TelemetrySettings:
     loop: bool
     timestamps: TimestampMode
     transforms: tuple[str, ...]
+    instance: str  # names this streamer in the default producer id; empty means the host name
+    checkpoint_path: Path | None  # None: no checkpoints
+    start_over: bool  # ignore (and replace) a checkpoint that does not match the input
+    rejected_path: Path | None  # None: rejected rows are only logged
+    max_field_size: int  # bytes; a longer field (or a line without a newline) is rejected
+    dcgm_sentinels: SentinelMode
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,7 @@ class MessageQueueSettings:
     topic: str
     publish_timeout: float
     producer_id: str
+    max_retry_time: float  # seconds a batch may spend retrying before the stream stops; 0 = unlimited
     retry: RetrySettings
 
 
@@ -97,6 +108,7 @@ class LoggingSettings:
     format: LogFormat
     level: str
     progress_interval: float
+    rejected_rows_in_full: int  # rejected rows logged one by one before switching to periodic counts
 
 
 @dataclass(frozen=True)
@@ -105,6 +117,9 @@ class BrokerSettings:
     max_messages: int
     max_bytes: int
     retention: float
+    data_dir: Path | None  # None: topics live in memory only
+    fsync: FsyncPolicy
+    fsync_interval: float
 
 
 @dataclass(frozen=True)
@@ -135,7 +150,7 @@ class ConfigError(Exception):
 
 # --- schema ---------------------------------------------------------------------------------------------
 
-Kind = Literal["str", "path", "int", "float", "bool", "duration", "size", "list", "table"]
+Kind = Literal["str", "path", "optional_path", "int", "float", "bool", "duration", "size", "list", "table"]
 
 # Every known table and the kind of each of its keys. The kind drives three things: which keys are typos,
 # how an environment string is read, and how a command-line string is coerced. Values are validated below.
@@ -147,12 +162,19 @@ _SCHEMA: Final[dict[str, dict[str, Kind]]] = {
         "loop": "bool",
         "timestamps": "str",
         "transforms": "list",
+        "instance": "str",
+        "checkpoint_path": "optional_path",
+        "start_over": "bool",
+        "rejected_path": "optional_path",
+        "max_field_size": "size",
+        "dcgm_sentinels": "str",
     },
     "message_queue": {
         "address": "str",
         "topic": "str",
         "publish_timeout": "duration",
         "producer_id": "str",
+        "max_retry_time": "duration",
         "retry": "table",
     },
     "message_queue.retry": {
@@ -162,8 +184,16 @@ _SCHEMA: Final[dict[str, dict[str, Kind]]] = {
         "max_attempts": "int",
     },
     "shutdown": {"timeout": "duration"},
-    "logging": {"format": "str", "level": "str", "progress_interval": "duration"},
-    "broker": {"listen": "str", "max_messages": "int", "max_bytes": "size", "retention": "duration"},
+    "logging": {"format": "str", "level": "str", "progress_interval": "duration", "rejected_rows_in_full": "int"},
+    "broker": {
+        "listen": "str",
+        "max_messages": "int",
+        "max_bytes": "size",
+        "retention": "duration",
+        "data_dir": "optional_path",
+        "fsync": "str",
+        "fsync_interval": "duration",
+    },
 }
 _SECTIONS: Final = tuple(name for name in _SCHEMA if "." not in name)
 
@@ -438,12 +468,19 @@ def _build(data: Mapping[str, Any]) -> Settings:
             loop=_boolean("telemetry.loop", telemetry),
             timestamps=cast(TimestampMode, _choice("telemetry.timestamps", telemetry, TIMESTAMP_MODES)),
             transforms=_transforms("telemetry.transforms", telemetry),
+            instance=_string("telemetry.instance", telemetry),
+            checkpoint_path=_optional_path("telemetry.checkpoint_path", telemetry),
+            start_over=_boolean("telemetry.start_over", telemetry),
+            rejected_path=_optional_path("telemetry.rejected_path", telemetry),
+            max_field_size=_size("telemetry.max_field_size", telemetry),
+            dcgm_sentinels=cast(SentinelMode, _choice("telemetry.dcgm_sentinels", telemetry, SENTINEL_MODES)),
         ),
         message_queue=MessageQueueSettings(
             address=_host_port("message_queue.address", message_queue, min_port=1),
             topic=_topic("message_queue.topic", message_queue),
             publish_timeout=_duration("message_queue.publish_timeout", message_queue, positive=True),
             producer_id=_string("message_queue.producer_id", message_queue),
+            max_retry_time=_duration("message_queue.max_retry_time", message_queue, positive=False),
             retry=RetrySettings(
                 initial_backoff=initial_backoff,
                 max_backoff=max_backoff,
@@ -456,12 +493,16 @@ def _build(data: Mapping[str, Any]) -> Settings:
             format=cast(LogFormat, _choice("logging.format", logging, LOG_FORMATS)),
             level=_choice("logging.level", logging, LOG_LEVELS),
             progress_interval=_duration("logging.progress_interval", logging, positive=True),
+            rejected_rows_in_full=_integer("logging.rejected_rows_in_full", logging, minimum=0),
         ),
         broker=BrokerSettings(
             listen=_host_port("broker.listen", broker, min_port=0),
             max_messages=_integer("broker.max_messages", broker, minimum=1),
             max_bytes=_size("broker.max_bytes", broker),
             retention=_duration("broker.retention", broker, positive=False),
+            data_dir=_optional_path("broker.data_dir", broker),
+            fsync=cast(FsyncPolicy, _choice("broker.fsync", broker, FSYNC_POLICIES)),
+            fsync_interval=_duration("broker.fsync_interval", broker, positive=True),
         ),
     )
 
@@ -530,6 +571,14 @@ def _path(setting: str, table: Mapping[str, Any]) -> Path:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(setting, value, "must be a file path")
     return Path(value).expanduser()
+
+
+def _optional_path(setting: str, table: Mapping[str, Any]) -> Path | None:
+    """An empty string switches the feature off; anything else must be a path."""
+    value = _get(setting, table)
+    if isinstance(value, str) and not value.strip():
+        return None
+    return _path(setting, table)
 
 
 def _integer(setting: str, table: Mapping[str, Any], *, minimum: int, maximum: int | None = None) -> int:
@@ -662,8 +711,8 @@ def _flatten(prefix: str, section: DataclassInstance) -> Iterator[tuple[str, obj
             yield from _flatten(dotted, value)
         elif kind == "duration":
             yield dotted, format_duration(value)
-        elif kind == "path":
-            yield dotted, str(value)
+        elif kind in ("path", "optional_path"):
+            yield dotted, "" if value is None else str(value)
         elif kind == "list":
             yield dotted, list(value)
         else:
