@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from rxstreamer.model import EncodedBatch, MetricRow
+from rxstreamer.model import EncodedBatch, MetricRow, Position
 from rxstreamer.proto.telemetry_pb2 import GpuMetric, MetricBatch
 
 #: What a queue message carrying a MetricBatch says it is, in its content-type header.
@@ -108,7 +108,7 @@ class BatchEncoder:
         self._sequences = itertools.count(first_sequence)
         self._clock = clock or (lambda: datetime.now(UTC))
 
-    def __call__(self, rows: Sequence[MetricRow]) -> EncodedBatch:
+    def __call__(self, rows: Sequence[MetricRow], position: Position | None = None) -> EncodedBatch:
         sequence = next(self._sequences)
         payload = encode_batch(
             rows,
@@ -117,7 +117,7 @@ class BatchEncoder:
             created_at=self._clock(),
             stamp_rows=self._stamp_rows,
         )
-        return EncodedBatch(self.producer_id, sequence, payload, CONTENT_TYPE, len(rows))
+        return EncodedBatch(self.producer_id, sequence, payload, CONTENT_TYPE, len(rows), position)
 
 
 def metric_to_dict(metric: GpuMetric) -> dict[str, Any]:

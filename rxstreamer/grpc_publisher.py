@@ -113,7 +113,7 @@ class GrpcPublisher:
         except grpc.FutureCancelledError:
             outcome = PublishError("CANCELLED", "the publish was cancelled as the channel closed")
         else:
-            outcome = PublishAck(batch.sequence, response.offset, response.duplicate, batch.rows)
+            outcome = PublishAck(batch.sequence, response.offset, response.duplicate, batch.rows, batch.position)
             self._recorder.record(outcome)
         with self._lock:
             self._in_flight.discard(call)

@@ -21,7 +21,7 @@ from reactivex.disposable import CompositeDisposable, Disposable, SerialDisposab
 from reactivex.scheduler import TimeoutScheduler
 from reactivex.subject import Subject
 
-from rxstreamer.retry import RetryPolicy
+from rxstreamer.retry import PublishError, RetriesExhaustedError, RetryPolicy
 
 _T = TypeVar("_T")
 _B = TypeVar("_B")
@@ -200,9 +200,9 @@ def publish_with_retry(
 
     ``retry`` placed around a pipeline resubscribes to everything upstream, and upstream is the file:
     rows would be read and published twice. Here each item gets its own chain of attempts. A failure the
-    policy deems retryable is retried after a backoff timed on ``scheduler``; any other failure, or the
-    last allowed attempt failing, ends the stream with that error. ``on_retry(item, attempt, wait, error)``
-    is told before each wait, for logging.
+    policy deems retryable is retried after a backoff timed on ``scheduler``; any other failure ends the
+    stream with that error, and running out of attempts or retry time ends it with
+    ``RetriesExhaustedError``. ``on_retry(item, attempt, wait, error)`` is told before each wait, for logging.
 
     Marble, with the first publish of ``a`` failing with UNAVAILABLE and a backoff of 2 units::
 
@@ -213,24 +213,33 @@ def publish_with_retry(
     """
 
     def with_retries(item: _T) -> Observable[_A]:
-        def attempts(_: abc.SchedulerBase | None) -> Observable[_A]:
-            return reactivex.catch_with_iterable(_attempts_of(item))
+        def attempts(subscribed_on: abc.SchedulerBase | None) -> Observable[_A]:
+            clock = scheduler or subscribed_on or TimeoutScheduler.singleton()
+            return reactivex.catch_with_iterable(_attempts_of(item, clock))
 
         return reactivex.defer(attempts)
 
-    def _attempts_of(item: _T) -> Generator[Observable[_A], None, None]:
+    def _attempts_of(item: _T, clock: abc.SchedulerBase) -> Generator[Observable[_A], None, None]:
         # catch_with_iterable subscribes to the next attempt when the previous one fails, and gives up
         # with the last error when this generator returns: so the policy decides here, between attempts.
         failures: list[BaseException] = []
+        started = clock.now
         attempts_made = 0
         while True:
             if attempts_made == 0:
                 attempt = reactivex.defer(lambda _: publish(item))
             else:
                 error = failures[-1]
-                if not policy.should_retry(error, attempts_made):
+                if not policy.retryable(error):
+                    return  # the stream ends with this error as it is
+                elapsed = (clock.now - started).total_seconds()
+                if policy.exhausted(attempts_made, elapsed):
+                    assert isinstance(error, PublishError)
+                    yield reactivex.throw(RetriesExhaustedError(error, attempts_made, elapsed))
                     return
                 wait = policy.wait_before_retry(error, attempts_made, uniform)
+                if policy.max_retry_time:
+                    wait = min(wait, policy.max_retry_time - elapsed)  # the last try comes at the deadline
                 if on_retry is not None:
                     on_retry(item, attempts_made + 1, wait, error)
                 backoff = reactivex.timer(wait, scheduler=scheduler)

@@ -8,19 +8,28 @@ Everything left of ``pace`` is pulled, one batch per tick; everything right of i
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, cast
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from typing import Any, Protocol, cast, runtime_checkable
 
-from reactivex import Observable, abc, compose
+from reactivex import Observable, abc
 from reactivex import operators as ops
 
 from rxstreamer.encoding import BatchEncoder
-from rxstreamer.model import EncodedBatch, MetricRow, PublishAck
+from rxstreamer.model import EncodedBatch, MetricRow, Position, PublishAck
 from rxstreamer.operators import Operator, pace, publish_with_retry, pull_through
 from rxstreamer.publisher import Publisher
 from rxstreamer.retry import RetryPolicy
 
 RetryListener = Callable[[EncodedBatch, int, float, BaseException], None]
+Batch = tuple[list[MetricRow], Position | None]
+
+
+@runtime_checkable
+class Positioned(Protocol):
+    """A source that can say where it is, so that acknowledged batches can be checkpointed."""
+
+    @property
+    def position(self) -> Position: ...
 
 
 def build_pipeline(
@@ -34,14 +43,53 @@ def build_pipeline(
     transforms: Sequence[Operator] = (),
     scheduler: abc.SchedulerBase | None = None,
     on_retry: RetryListener | None = None,
+    on_ack: Callable[[PublishAck], None] | None = None,
 ) -> Observable[PublishAck]:
     """The whole streamer as one cold observable of acknowledgements; subscribing starts it.
 
     Each subscription reads ``rows`` afresh; disposing it stops the ticks and releases the file.
+    ``on_ack`` runs inside the stream for each acknowledgement (a checkpoint, say): if it raises, the
+    stream ends with that error rather than going on without it.
     """
-    batches = pull_through(rows, *transforms, ops.buffer_with_count(batch_size))
+    batches = with_positions(pull_through(rows, *transforms, ops.buffer_with_count(batch_size)), rows)
     publish = publish_with_retry(publisher.publish, retry, scheduler=scheduler, on_retry=on_retry)
-    return pace(batches, interval, compose(ops.map(encoder), publish), scheduler=scheduler)
+
+    def encode(batch: Batch) -> EncodedBatch:
+        batch_rows, position = batch
+        return encoder(batch_rows, position)
+
+    def encode_and_publish(batches: Observable[Batch]) -> Observable[PublishAck]:
+        acks = batches.pipe(ops.map(encode), publish)
+        return acks.pipe(ops.do_action(on_ack)) if on_ack is not None else acks
+
+    return pace(batches, interval, encode_and_publish, scheduler=scheduler)
+
+
+def with_positions(batches: Iterable[list[MetricRow]], rows: Iterable[MetricRow]) -> Iterable[Batch]:
+    """Pair each batch with the source's position right after it was pulled: where the input continues."""
+    return _WithPositions(batches, rows)
+
+
+class _WithPositions(Iterable[Batch]):
+    """Re-iterable, like the rows: each iteration pulls the batches afresh."""
+
+    def __init__(self, batches: Iterable[list[MetricRow]], rows: Iterable[MetricRow]) -> None:
+        self._batches = batches
+        self._rows = rows
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self._pair()
+
+    def _pair(self) -> Generator[Batch, None, None]:
+        batches = iter(self._batches)
+        rows = self._rows if isinstance(self._rows, Positioned) else None
+        try:
+            for batch in batches:
+                yield batch, rows.position if rows is not None else None
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
 
 
 class TransformError(Exception):

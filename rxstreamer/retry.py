@@ -33,6 +33,17 @@ class PublishError(Exception):
         return self.status in RETRYABLE_STATUSES
 
 
+class RetriesExhaustedError(PublishError):
+    """A retryable failure that went on past the policy's attempts or time: the stream gives up."""
+
+    def __init__(self, last: PublishError, attempts: int, elapsed: float) -> None:
+        super().__init__(
+            last.status, f"gave up after {attempts} attempts over {elapsed:.1f}s: {last.message}", last.retry_after
+        )
+        self.last = last
+        self.attempts = attempts
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """Exponential backoff with full jitter, capped, optionally bounded in attempts.
@@ -45,12 +56,21 @@ class RetryPolicy:
     max_backoff: float = 5.0
     multiplier: float = 2.0
     max_attempts: int = 0  # attempts per publish, the first included; 0 means no limit
+    max_retry_time: float = 0.0  # seconds one publish may keep retrying; 0 means no limit
 
-    def should_retry(self, error: BaseException, attempts_made: int) -> bool:
-        """Retry only failures that can succeed later, and only while attempts remain."""
-        if not isinstance(error, PublishError) or not error.retryable:
-            return False
-        return self.max_attempts == 0 or attempts_made < self.max_attempts
+    def should_retry(self, error: BaseException, attempts_made: int, elapsed: float = 0.0) -> bool:
+        """Retry only failures that can succeed later, and only while attempts and time remain."""
+        return self.retryable(error) and not self.exhausted(attempts_made, elapsed)
+
+    @staticmethod
+    def retryable(error: BaseException) -> bool:
+        return isinstance(error, PublishError) and error.retryable
+
+    def exhausted(self, attempts_made: int, elapsed: float) -> bool:
+        """Whether the attempts or the time allowed for one publish are used up."""
+        out_of_attempts = self.max_attempts != 0 and attempts_made >= self.max_attempts
+        out_of_time = self.max_retry_time != 0 and elapsed >= self.max_retry_time
+        return out_of_attempts or out_of_time
 
     def backoff_bound(self, attempts_made: int) -> float:
         """The upper bound of the wait after the given number of failed attempts (1 for the first)."""

@@ -305,8 +305,29 @@ def test_retry_gives_up_after_max_attempts_with_the_last_error() -> None:
             publish_with_retry(publisher.publish, policy, scheduler=scheduler, uniform=always_full_jitter)
         )
     )
-    assert results.messages == [on_error(202, "UNAVAILABLE: down 3")]
+    assert results.messages == [on_error(202, "UNAVAILABLE: gave up after 3 attempts over 2.0s: down 3")]
     assert publisher.attempts == 3
+
+
+def test_retry_gives_up_when_the_retry_time_is_spent() -> None:
+    """With max_retry_time=10 a queue that stays down is tried until 10 units after the first attempt."""
+    scheduler = TestScheduler()
+    publisher = InMemoryPublisher(failures=[PublishError("UNAVAILABLE", "down")] * 100, scheduler=scheduler)
+    policy = RetryPolicy(initial_backoff=4.0, max_backoff=4.0, max_retry_time=10.0)
+    attempts_at: list[float] = []
+
+    def publish(batch: EncodedBatch) -> Observable[PublishAck]:
+        attempts_at.append(scheduler.clock)
+        return publisher.publish(batch)
+
+    batch = EncodedBatch("p", 1, b"", "text/plain", 3)
+    results = scheduler.start(
+        lambda: reactivex.just(batch).pipe(
+            publish_with_retry(publish, policy, scheduler=scheduler, uniform=always_full_jitter)
+        )
+    )
+    assert attempts_at == [200, 204, 208, 210]
+    assert results.messages == [on_error(210, "UNAVAILABLE: gave up after 4 attempts over 10.0s: down")]
 
 
 def test_retry_waits_at_least_the_servers_hint() -> None:
