@@ -41,6 +41,15 @@ class Rejection:
 
 
 @dataclass(frozen=True, slots=True)
+class Position:
+    """A place in a source file to continue from: just after the last record consumed."""
+
+    offset: int  # byte offset where the next record starts
+    line: int  # physical lines consumed so far; the next record starts on line + 1
+    pass_number: int = 0  # 0-based replay pass, when looping
+
+
+@dataclass(frozen=True, slots=True)
 class EncodedBatch:
     """A batch ready to publish: its identity is fixed before the first attempt, so retries reuse it."""
 
@@ -49,6 +58,7 @@ class EncodedBatch:
     payload: bytes
     content_type: str
     rows: int
+    position: Position | None = None  # where the input continues after this batch, when known
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,3 +69,4 @@ class PublishAck:
     offset: int
     duplicate: bool
     rows: int
+    position: Position | None = None  # copied from the EncodedBatch, for checkpoints
