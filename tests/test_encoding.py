@@ -5,6 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from types import MappingProxyType
 
+import pytest
+
+from rxstreamer import encoding
 from rxstreamer.encoding import (
     CONTENT_TYPE,
     BatchEncoder,
@@ -13,9 +16,13 @@ from rxstreamer.encoding import (
     format_rfc3339,
     from_timestamp,
     metric_to_dict,
+    to_metric,
     to_timestamp,
 )
 from rxstreamer.model import MetricRow
+from rxstreamer.proto.telemetry_pb2 import MetricBatch
+from rxstreamer.source import CsvRows
+from tests.conftest import TEST_DATA_CSV
 
 SCRAPE = datetime(2025, 7, 18, 20, 42, 34, tzinfo=UTC)
 
@@ -100,3 +107,31 @@ def test_metric_to_dict_has_the_proto_field_names() -> None:
     ]  # fmt: skip
     assert shown["value"] == 55.5
     assert shown["labels"] == {"Hostname": "dgx-1", "UUID": "GPU-1", "gpu": "0"}
+
+
+def reference_batch(rows: list[MetricRow], *, sequence: int, created_at: datetime, stamp_rows: bool) -> MetricBatch:
+    """The same batch built the ordinary way, one GpuMetric constructor per row."""
+    stamp = to_timestamp(created_at) if stamp_rows else None
+    return MetricBatch(
+        metrics=[to_metric(row, stamp) for row in rows],
+        producer_id="p",
+        sequence=sequence,
+        created_at=to_timestamp(created_at),
+    )
+
+
+@pytest.mark.parametrize("stamp_rows", [False, True])
+def test_the_fast_encoding_equals_building_each_message(stamp_rows: bool) -> None:
+    """Field-by-field equal to constructor-built messages for every row of the test data, zeros included."""
+    rows = [*CsvRows(TEST_DATA_CSV), row(0.0), row(-1.5), row(1e300)]
+    now = datetime(2026, 3, 4, 5, 6, 7, 890_000, tzinfo=UTC)
+    encoded = encode_batch(rows, producer_id="p", sequence=42, created_at=now, stamp_rows=stamp_rows)
+    assert decode_batch(encoded) == reference_batch(rows, sequence=42, created_at=now, stamp_rows=stamp_rows)
+
+
+def test_the_description_cache_stays_correct_when_it_overflows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache smaller than the number of distinct GPUs clears itself and still encodes every row right."""
+    monkeypatch.setattr(encoding, "_describe", encoding._Descriptions(limit=7))
+    rows = list(CsvRows(TEST_DATA_CSV))[:300]
+    encoded = encode_batch(rows, producer_id="p", sequence=1, created_at=SCRAPE)
+    assert decode_batch(encoded) == reference_batch(rows, sequence=1, created_at=SCRAPE, stamp_rows=False)
