@@ -80,6 +80,7 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from rxstreamer.checkpoint import CheckpointError
     from rxstreamer.pipeline import TransformError
     from rxstreamer.service import run_streamer
     from rxstreamer.source import SourceError
@@ -95,6 +96,9 @@ def _run(args: argparse.Namespace) -> int:
             "message_queue.address": args.mq_address,
             "message_queue.topic": args.topic,
             "message_queue.producer_id": args.producer_id,
+            "telemetry.checkpoint_path": args.checkpoint_path,
+            "telemetry.start_over": args.start_over,
+            "telemetry.rejected_path": args.rejected_path,
         },
     )
     _configure_logging(settings, args)
@@ -102,7 +106,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         with _stop_on_signals(stop):
             summary = run_streamer(settings, stop=stop)
-    except (SourceError, TransformError) as error:
+    except (SourceError, TransformError, CheckpointError) as error:
         return _fail(str(error), EXIT_USAGE)
     return summary.exit_code
 
@@ -120,6 +124,8 @@ def _mq(args: argparse.Namespace) -> int:
             "broker.max_messages": args.max_messages,
             "broker.max_bytes": args.max_bytes,
             "broker.retention": args.retention,
+            "broker.data_dir": args.data_dir,
+            "broker.fsync": args.fsync,
         },
     )
     _configure_logging(settings, args)
@@ -129,6 +135,9 @@ def _mq(args: argparse.Namespace) -> int:
         max_messages=broker.max_messages,
         max_bytes=broker.max_bytes,
         retention=broker.retention,
+        data_dir=broker.data_dir,
+        fsync=broker.fsync,
+        fsync_interval=broker.fsync_interval,
     )
     return serve(options)
 
@@ -223,6 +232,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--mq-address", help="message_queue.address: host:port of the queue")
     run.add_argument("--topic", help="message_queue.topic")
     run.add_argument("--producer-id", help="message_queue.producer_id: identity used for deduplication")
+    run.add_argument("--checkpoint-path", help="telemetry.checkpoint_path: record progress here and resume from it")
+    run.add_argument(
+        "--start-over",
+        action=argparse.BooleanOptionalAction,
+        help="telemetry.start_over: replace a checkpoint that does not fit this stream instead of refusing",
+    )
+    run.add_argument("--rejected-path", help="telemetry.rejected_path: append rejected rows to this CSV")
     run.set_defaults(handler=_run)
 
     mq = commands.add_parser("mq", parents=[common], help="run the reference message-queue broker")
@@ -230,6 +246,8 @@ def _parser() -> argparse.ArgumentParser:
     mq.add_argument("--max-messages", help="broker.max_messages: retained messages per topic")
     mq.add_argument("--max-bytes", help="broker.max_bytes: retained payload bytes per topic, e.g. 256MiB")
     mq.add_argument("--retention", help="broker.retention: release messages older than this; 0s keeps them")
+    mq.add_argument("--data-dir", help="broker.data_dir: keep topics in append-only logs here, across restarts")
+    mq.add_argument("--fsync", help="broker.fsync: always | interval | never (with --data-dir)")
     mq.set_defaults(handler=_mq)
 
     tail = commands.add_parser("tail", parents=[common], help="print the metrics a topic holds, as JSON lines")

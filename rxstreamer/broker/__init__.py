@@ -1,8 +1,10 @@
 """The reference message-queue broker behind ``rxstreamer mq``.
 
-A small in-memory MessageQueue service, so the streamer can be run and tested end to end without
-external infrastructure. It honours the contract producers rely on: offsets, idempotent publishing,
-and back-pressure (a full topic refuses with RESOURCE_EXHAUSTED) rather than silent loss.
+A small MessageQueue service, so the streamer can be run and tested end to end without external
+infrastructure. It honours the contract producers rely on: offsets, idempotent publishing, and
+back-pressure (a full topic refuses with RESOURCE_EXHAUSTED) rather than silent loss. Topics live in
+memory, or, with a data directory, also in append-only logs on disk that a restarted broker recovers
+(``datadir.py``, ``segments.py``, ``framing.py``).
 """
 
 from rxstreamer.broker.server import (
@@ -17,6 +19,7 @@ from rxstreamer.broker.store import (
     Ack,
     Broker,
     MessageTooLarge,
+    StorageFailed,
     StoreClosed,
     StoredMessage,
     StoreError,
@@ -32,6 +35,7 @@ __all__ = [
     "MessageQueueServicer",
     "MessageTooLarge",
     "RunningBroker",
+    "StorageFailed",
     "StoreClosed",
     "StoreError",
     "StoredMessage",

@@ -2,7 +2,8 @@
 
 All queue semantics live in ``store.py``; this module validates requests, maps store outcomes onto gRPC
 status codes (so a producer can tell "back off and retry" from "never retry") and manages the server's
-life cycle so that subscribers see their streams end cleanly on shutdown.
+life cycle so that subscribers see their streams end cleanly on shutdown. With a data directory it also
+opens the durable storage (``datadir.py``) and reports what each topic recovered.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -21,9 +23,12 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from rxstreamer.broker.datadir import DataDir
+from rxstreamer.broker.segments import DataDirError
 from rxstreamer.broker.store import (
     Broker,
     MessageTooLarge,
+    StorageFailed,
     StoreClosed,
     StoredMessage,
     TopicFull,
@@ -69,6 +74,9 @@ class BrokerOptions:
     retention: float = 0.0  # seconds; 0 keeps messages until the broker stops
     # Each open Subscribe holds a worker thread, so this bounds concurrent subscribers plus publishers.
     max_workers: int = 16
+    data_dir: Path | None = None  # None keeps topics in memory only
+    fsync: str = "always"  # "always", "interval" or "never"; see segments.py for what each risks
+    fsync_interval: float = 0.1  # seconds, for "interval"
 
 
 class MessageQueueServicer(mq_pb2_grpc.MessageQueueServicer):
@@ -84,7 +92,7 @@ class MessageQueueServicer(mq_pb2_grpc.MessageQueueServicer):
         self, request: mq_pb2.PublishRequest, context: grpc.ServicerContext
     ) -> mq_pb2.PublishResponse:
         """Store one message, telling the producer whether to retry (RESOURCE_EXHAUSTED) or not."""
-        store = self._topics.topic(_checked_topic(request.topic, context))
+        store = self._topic(request.topic, context)
         try:
             ack = store.append(
                 request.payload,
@@ -101,6 +109,8 @@ class MessageQueueServicer(mq_pb2_grpc.MessageQueueServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(too_large))
         except StoreClosed:
             context.abort(grpc.StatusCode.UNAVAILABLE, "the broker is shutting down")
+        except StorageFailed as failed:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(failed))
         self._full_topics.accepted(store.name)
         return mq_pb2.PublishResponse(offset=ack.offset, duplicate=ack.duplicate)
 
@@ -113,10 +123,17 @@ class MessageQueueServicer(mq_pb2_grpc.MessageQueueServicer):
         client that the subscription is in place (so, with LATEST, which messages it will see) before
         any message exists.
         """
-        store = self._topics.topic(_checked_topic(request.topic, context))
+        store = self._topic(request.topic, context)
         position = _start_offset(request, store, context)
         context.send_initial_metadata(((START_OFFSET_METADATA, str(position)),))
         yield from self._stream(store, position, context)
+
+    def _topic(self, name: str, context: grpc.ServicerContext) -> TopicStore:
+        """The requested topic; a durable broker that cannot create its log answers UNAVAILABLE."""
+        try:
+            return self._topics.topic(_checked_topic(name, context))
+        except StorageFailed as failed:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(failed))
 
     def _stream(self, store: TopicStore, position: int, context: grpc.ServicerContext) -> Iterator[mq_pb2.Message]:
         while context.is_active():
@@ -201,8 +218,19 @@ class RunningBroker:
 
 
 def start_broker(options: BrokerOptions) -> RunningBroker:
-    """Start serving in background threads; raises BrokerError when the options cannot work."""
+    """Start serving in background threads; raises BrokerError when the options cannot work.
+
+    A durable broker recovers every topic first, logging ``broker.recovered`` for each.
+    """
     topics = _make_topics(options)
+    try:
+        return _start_serving(options, topics)
+    except BaseException:
+        topics.close()  # releases the data directory, so it can be used again at once
+        raise
+
+
+def _start_serving(options: BrokerOptions, topics: Broker) -> RunningBroker:
     server = grpc.server(
         ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="broker"),
         options=[
@@ -246,6 +274,9 @@ def serve(options: BrokerOptions, *, stop_signals: bool = True, stop_event: thre
         max_messages=options.max_messages,
         max_bytes=options.max_bytes,
         retention=options.retention,
+        data_dir=None if options.data_dir is None else str(options.data_dir),
+        fsync=None if options.data_dir is None else options.fsync,
+        fsync_interval=options.fsync_interval if options.data_dir is not None and options.fsync == "interval" else None,
     )
     stop = stop_event if stop_event is not None else threading.Event()
     previous: dict[signal.Signals, _Handler] = {}
@@ -277,10 +308,54 @@ def _install_stop_handlers(stop: threading.Event) -> dict[signal.Signals, _Handl
 def _make_topics(options: BrokerOptions) -> Broker:
     if options.max_workers < 1:
         raise BrokerError(f"max_workers must be >= 1, got {options.max_workers}")
+    storage = _open_storage(options)
     try:
-        return Broker(max_messages=options.max_messages, max_bytes=options.max_bytes, retention=options.retention)
-    except ValueError as error:
+        topics = _recover_topics(options, storage)
+    except BaseException:
+        if storage is not None:
+            storage.close()  # unlocks the data directory
+        raise
+    _log_recovered(topics)
+    return topics
+
+
+def _recover_topics(options: BrokerOptions, storage: DataDir | None) -> Broker:
+    try:
+        return Broker(
+            max_messages=options.max_messages,
+            max_bytes=options.max_bytes,
+            retention=options.retention,
+            storage=storage,
+        )
+    except ValueError as error:  # the limits are checked before any topic is recovered
         raise BrokerError(f"invalid broker limits: {error}") from error
+    except (DataDirError, StorageFailed) as error:
+        raise BrokerError(f"cannot recover data directory {options.data_dir}: {error}") from error
+
+
+def _open_storage(options: BrokerOptions) -> DataDir | None:
+    if options.data_dir is None:
+        return None
+    try:
+        return DataDir.open(options.data_dir, policy=options.fsync, interval=options.fsync_interval)
+    except ValueError as error:
+        raise BrokerError(f"invalid durability settings: {error}") from error
+    except DataDirError as error:
+        raise BrokerError(str(error)) from error
+
+
+def _log_recovered(topics: Broker) -> None:
+    for name in topics.names():
+        store = topics.topic(name)
+        next_offset = store.next_offset
+        log.info(
+            "broker.recovered",
+            topic=name,
+            messages=store.retained_messages,
+            bytes=store.retained_bytes,
+            first_offset=store.first_offset,
+            last_offset=next_offset - 1 if next_offset > 0 else None,
+        )
 
 
 def _bind(server: grpc.Server, listen: str) -> int:

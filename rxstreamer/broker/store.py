@@ -5,6 +5,12 @@ deterministically (the clocks are injectable). The gRPC edge in ``server.py`` on
 
 A full topic refuses new messages instead of dropping old ones: a telemetry producer that is told to
 back off can retry, while a silently dropped batch is lost for every subscriber.
+
+A durable topic is the same store with a ``MessageLog`` behind it (``segments.SegmentLog``): each message
+is appended to the log before it is stored and acknowledged, and a restarted broker rebuilds the store
+from the log. Retained payloads stay in memory as well, so reads never touch the disk; max_bytes bounds
+that memory exactly as it does without a log. This module only sees the two small protocols below and
+stays free of file I/O.
 """
 
 from __future__ import annotations
@@ -12,8 +18,11 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Protocol
+
+from rxstreamer.broker.framing import Record
 
 # How many released (producer_id, sequence) ids are remembered, so that a producer retrying long after
 # its message expired is still told "duplicate" instead of storing the message a second time.
@@ -79,6 +88,60 @@ class StoreClosed(StoreError):  # noqa: N818 - the name the project uses
         super().__init__(f"topic {topic} is closed")
 
 
+class StorageFailed(StoreError):  # noqa: N818 - in line with the other refusals
+    """A durable topic could not write its log, so the message was not stored and must not be acknowledged.
+
+    Worth retrying: a full disk may be freed. After a failed fsync the topic refuses every append until the
+    broker restarts, because the kernel may have dropped the data it failed to write.
+    """
+
+    def __init__(self, topic: str, reason: str) -> None:
+        self.topic = topic
+        self.reason = reason
+        super().__init__(f"topic {topic} cannot be written to disk: {reason}")
+
+
+class MessageLog(Protocol):
+    """The durable half of a topic: written before an append is acknowledged, replayed on start."""
+
+    def recover(self) -> Iterator[Record]:
+        """Every record kept, oldest first; must be consumed fully before any other call."""
+        ...
+
+    @property
+    def next_offset(self) -> int:
+        """The offset the next record gets; beyond every offset ever written, even deleted ones."""
+        ...
+
+    def append(self, record: Record) -> None:
+        """Write (and, by policy, fsync) one record; raises StorageFailed with nothing appended."""
+        ...
+
+    def release_before(self, offset: int) -> None:
+        """Records below ``offset`` are released: their disk space may be reclaimed."""
+        ...
+
+    def close(self) -> None:
+        """Flush by policy and close; called once, after the last append."""
+        ...
+
+
+class Storage(Protocol):
+    """Where a durable broker keeps its topics' logs (``datadir.DataDir``)."""
+
+    def topic_names(self) -> list[str]:
+        """Topics that have a log, to be recovered when the broker starts."""
+        ...
+
+    def open_log(self, topic: str) -> MessageLog:
+        """The topic's log, created empty if new; raises StorageFailed when it cannot be."""
+        ...
+
+    def close(self) -> None:
+        """Release the storage once every log is closed."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
     """One retained message; immutable so readers can share it without copying under the lock."""
@@ -111,6 +174,12 @@ class TopicStore:
 
     Every public method is thread-safe. Expired messages are released lazily, whenever the topic is
     appended to or read, so no background thread is needed.
+
+    With a ``log``, the store starts with what the log recovers: a message's age is taken from its
+    published_at wall-clock stamp (the retention clock does not survive a restart), messages already
+    past the retention time are released at once, and their ids are remembered as released ones are.
+    Recovered messages count against the limits even beyond them, as dropping any would lose acknowledged
+    data; the topic then refuses publishes until enough expire.
     """
 
     def __init__(
@@ -123,6 +192,7 @@ class TopicStore:
         clock: Callable[[], float] = time.monotonic,
         wall_clock_ns: Callable[[], int] = time.time_ns,
         released_id_memory: int = DEFAULT_RELEASED_ID_MEMORY,
+        log: MessageLog | None = None,
     ) -> None:
         _check_limits(max_messages=max_messages, max_bytes=max_bytes, retention=retention)
         if released_id_memory < 0:
@@ -145,6 +215,9 @@ class TopicStore:
         self._released_ids: OrderedDict[_MessageId, int] = OrderedDict()
         self._closed = False
         self._waiting = 0
+        self._message_log = log
+        if log is not None:
+            self._recover(log)
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -186,14 +259,20 @@ class TopicStore:
                 published_at_ns=self._wall_clock_ns(),
                 stored_at=now,
             )
+            if self._message_log is not None:
+                self._message_log.append(_to_record(message))  # on disk before anyone is told
             self._store(message, message_id)
             return Ack(offset=message.offset, duplicate=False)
 
     def close(self) -> None:
-        """Refuse further appends and wake every waiting reader, so open streams can end."""
+        """Refuse further appends, close the log, and wake every waiting reader, so open streams can end."""
         with self._changed:
+            if self._closed:
+                return
             self._closed = True
             self._changed.notify_all()
+            if self._message_log is not None:
+                self._message_log.close()
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -262,7 +341,47 @@ class TopicStore:
         with self._lock:
             return self._closed
 
+    # -- recovery ------------------------------------------------------------------------------
+
+    def _recover(self, log: MessageLog) -> None:
+        """Fill the new store from its log; the log is closed if that fails, as nobody else holds it."""
+        try:
+            with self._lock:
+                now = self._clock()
+                wall_now_ns = self._wall_clock_ns()
+                for record in log.recover():
+                    self._restore(record, now, wall_now_ns)
+                self._next_offset = log.next_offset
+                log.release_before(self._next_offset - (len(self._log) - self._head))
+        except BaseException:
+            log.close()
+            raise
+
     # -- internals (called with the lock held) ---------------------------------------------------
+
+    def _restore(self, record: Record, now: float, wall_now_ns: int) -> None:
+        """Keep or release one recovered message; its age comes from the wall clock, which outlives the process."""
+        age = max((wall_now_ns - record.published_at_ns) / 1e9, 0.0)
+        message = StoredMessage(
+            topic=self.name,
+            offset=record.offset,
+            payload=record.payload,
+            headers=record.headers,
+            producer_id=record.producer_id,
+            sequence=record.sequence,
+            published_at_ns=record.published_at_ns,
+            stored_at=now - age,
+        )
+        message_id = (record.producer_id, record.sequence) if record.producer_id else None
+        # Only a prefix is ever released, as at run time, even if the wall clock went backwards.
+        nothing_retained = self._head == len(self._log)
+        if nothing_retained and self.retention > 0 and message.stored_at <= now - self.retention:
+            self._next_offset = record.offset + 1
+            if message_id is not None:
+                self._remember_released(message_id, message.offset)
+        else:
+            self._next_offset = record.offset  # _store takes the offset and moves past it
+            self._store(message, message_id)
 
     def _known_offset(self, message_id: _MessageId) -> int | None:
         original = self._retained_ids.get(message_id)
@@ -312,8 +431,11 @@ class TopicStore:
         if self.retention <= 0:
             return
         deadline = now - self.retention
+        head = self._head
         while self._head < len(self._log) and self._log[self._head].stored_at <= deadline:
             self._release_oldest()
+        if self._message_log is not None and self._head > head:
+            self._message_log.release_before(self._next_offset - (len(self._log) - self._head))
         if self._head >= _COMPACT_MIN_HEAD and self._head * 2 >= len(self._log):
             del self._log[: self._head]
             self._head = 0
@@ -336,7 +458,12 @@ class TopicStore:
 
 
 class Broker:
-    """All topics of one broker, created on first use with the same limits."""
+    """All topics of one broker, created on first use with the same limits.
+
+    With ``storage`` the broker is durable: every topic found there is recovered when the broker is made,
+    and new topics get a log too. Closing the broker closes the storage, which a caller that fails to make
+    the broker still has to close itself.
+    """
 
     def __init__(
         self,
@@ -347,6 +474,7 @@ class Broker:
         clock: Callable[[], float] = time.monotonic,
         wall_clock_ns: Callable[[], int] = time.time_ns,
         released_id_memory: int = DEFAULT_RELEASED_ID_MEMORY,
+        storage: Storage | None = None,
     ) -> None:
         _check_limits(max_messages=max_messages, max_bytes=max_bytes, retention=retention)
         self._max_messages = max_messages
@@ -358,23 +486,23 @@ class Broker:
         self._lock = threading.Lock()
         self._topics: dict[str, TopicStore] = {}
         self._closed = False
+        self._storage = storage
+        if storage is not None:
+            self._recover(storage)
 
     def topic(self, name: str) -> TopicStore:
-        """The named topic, created empty if new; after close() a new topic is born closed."""
+        """The named topic, created empty if new; after close() a new topic is born closed.
+
+        Raises StorageFailed when a durable broker cannot create the topic's log.
+        """
         with self._lock:
             store = self._topics.get(name)
             if store is None:
-                store = TopicStore(
-                    name,
-                    max_messages=self._max_messages,
-                    max_bytes=self._max_bytes,
-                    retention=self._retention,
-                    clock=self._clock,
-                    wall_clock_ns=self._wall_clock_ns,
-                    released_id_memory=self._released_id_memory,
-                )
                 if self._closed:
+                    store = self._new_store(name, None)
                     store.close()
+                else:
+                    store = self._new_store(name, None if self._storage is None else self._storage.open_log(name))
                 self._topics[name] = store
             return store
 
@@ -389,18 +517,55 @@ class Broker:
             return sorted(self._topics)
 
     def close(self) -> None:
-        """Close every topic, waking all waiting subscribers."""
+        """Close every topic, waking all waiting subscribers, then the storage."""
         with self._lock:
+            if self._closed:
+                return
             self._closed = True
             stores = list(self._topics.values())
         for store in stores:
             store.close()
+        if self._storage is not None:
+            self._storage.close()
 
     @property
     def closed(self) -> bool:
         """True once close() was called."""
         with self._lock:
             return self._closed
+
+    def _recover(self, storage: Storage) -> None:
+        """Recover every stored topic; on failure close the logs already open, so their files are released."""
+        try:
+            for name in storage.topic_names():
+                self._topics[name] = self._new_store(name, storage.open_log(name))
+        except BaseException:
+            for store in self._topics.values():
+                store.close()
+            raise
+
+    def _new_store(self, name: str, log: MessageLog | None) -> TopicStore:
+        return TopicStore(
+            name,
+            max_messages=self._max_messages,
+            max_bytes=self._max_bytes,
+            retention=self._retention,
+            clock=self._clock,
+            wall_clock_ns=self._wall_clock_ns,
+            released_id_memory=self._released_id_memory,
+            log=log,
+        )
+
+
+def _to_record(message: StoredMessage) -> Record:
+    return Record(
+        offset=message.offset,
+        producer_id=message.producer_id,
+        sequence=message.sequence,
+        published_at_ns=message.published_at_ns,
+        headers=message.headers,
+        payload=message.payload,
+    )
 
 
 def _check_limits(*, max_messages: int, max_bytes: int, retention: float) -> None:
