@@ -38,6 +38,9 @@ class Rejection:
     line: int
     reason: str  # a stable code, e.g. "field_count", "value_not_numeric"
     detail: str  # a human-readable explanation naming the offending field and value
+    # The record's text as read (without its final line break), cut to a bound: enough to find, fix and replay
+    # the record from a quarantine file, never so much that one runaway line can flood memory or a log.
+    raw: str = ""
 
 
 @dataclass(frozen=True, slots=True)

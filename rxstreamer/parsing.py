@@ -7,8 +7,14 @@ bounded caches.
 
 A record that cannot become a row is returned as a ``Rejection`` rather than raised: one bad line in a
 million is something to count and report, not a reason to stop the stream. Reasons are stable codes that
-callers may count by; when a record has several problems only the first found is reported, checked in the
-order of ``REJECTION_REASONS``.
+callers may count by. ``TEXT_REASONS`` are found by a source before a record is split into fields (the text
+itself is unusable); ``RECORD_REASONS`` by ``RowParser.parse``, and when a record has several problems only
+the first found is reported, checked in the order of ``RECORD_REASONS``.
+
+What is tolerated rather than rejected, because exporters and spreadsheets really do it: columns in any
+order and any of the spellings ``_column_key`` folds together; unknown extra columns (ignored, so a newer
+exporter adding a column does not break older streamers); optional columns absent (read as empty); spaces
+around a number.
 """
 
 from __future__ import annotations
@@ -17,29 +23,66 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from operator import itemgetter
 from types import MappingProxyType
+from typing import Final, Literal
 
 from rxstreamer.model import MetricRow, Rejection
 
-# Stable rejection codes, in the order a record is checked.
-FIELD_COUNT = "field_count"
-MISSING_UUID = "missing_uuid"
-MISSING_METRIC_NAME = "missing_metric_name"
-BAD_TIMESTAMP = "bad_timestamp"
-VALUE_NOT_NUMERIC = "value_not_numeric"
-VALUE_NOT_FINITE = "value_not_finite"
-BAD_LABELS = "bad_labels"
-REJECTION_REASONS = (
+# Stable rejection codes found in a record's text, before it is split into fields (see rxstreamer.source).
+FIELD_TOO_LARGE: Final = "field_too_large"  # a line or record longer than max_field_size
+NUL_BYTE: Final = "nul_byte"
+NOT_UTF8: Final = "not_utf8"
+UNTERMINATED_QUOTE: Final = "unterminated_quote"  # a quoted field that does not close within the bound
+CSV_ERROR: Final = "csv_error"  # anything else the csv module refuses, such as a bare carriage return
+TEXT_REASONS: Final = (FIELD_TOO_LARGE, NUL_BYTE, NOT_UTF8, UNTERMINATED_QUOTE, CSV_ERROR)
+
+# Stable rejection codes found by RowParser.parse, in the order a record is checked.
+FIELD_COUNT: Final = "field_count"
+REPEATED_HEADER: Final = "repeated_header"  # the header again, as in files concatenated with `cat`
+MISSING_UUID: Final = "missing_uuid"
+MISSING_METRIC_NAME: Final = "missing_metric_name"
+BAD_TIMESTAMP: Final = "bad_timestamp"
+VALUE_NOT_NUMERIC: Final = "value_not_numeric"
+VALUE_NOT_FINITE: Final = "value_not_finite"
+DCGM_SENTINEL: Final = "dcgm_sentinel"
+BAD_LABELS: Final = "bad_labels"
+RECORD_REASONS: Final = (
     FIELD_COUNT,
+    REPEATED_HEADER,
     MISSING_UUID,
     MISSING_METRIC_NAME,
     BAD_TIMESTAMP,
     VALUE_NOT_NUMERIC,
     VALUE_NOT_FINITE,
+    DCGM_SENTINEL,
     BAD_LABELS,
 )
+REJECTION_REASONS: Final = (*TEXT_REASONS, *RECORD_REASONS)
+
+SentinelMode = Literal["reject", "flag"]
+SENTINEL_MODES: Final = ("reject", "flag")
+SENTINEL_LABEL: Final = "dcgm_sentinel"
+
+# DCGM's special values, as dcgm_structs.h (and nvcmvalue.h) define them: a BLANK base per type, and
+# NOT_FOUND, NOT_SUPPORTED and NOT_PERMISSIONED at BLANK + 1, + 2 and + 3. Checked against the header text.
+DCGM_INT32_BLANK: Final = 0x7FFFFFF0  # 2147483632
+DCGM_INT64_BLANK: Final = 0x7FFFFFFFFFFFFFF0  # 9223372036854775792
+DCGM_FP64_BLANK: Final = 140737488355328.0  # 2**47: a double still counts by 1 there
+SENTINEL_KINDS: Final = ("blank", "not_found", "not_supported", "not_permissioned")
+# Exact integer value -> (DCGM's name, kind). Only the named values count: DCGM's own IS_BLANK macros also
+# treat everything above BLANK as blank, but outside the int32/int64 top ranges that would swallow real
+# readings (an fp64 energy counter may pass 2**47), and the names are what the detail reports.
+_SENTINELS: Final[dict[int, tuple[str, str]]] = {
+    base + step: (f"DCGM_{family}_{kind.upper()}", kind)
+    for family, base in (("INT32", DCGM_INT32_BLANK), ("FP64", int(DCGM_FP64_BLANK)), ("INT64", DCGM_INT64_BLANK))
+    for step, kind in enumerate(SENTINEL_KINDS)
+}
+# No reading below this can be a sentinel: the only per-row cost of the check is one float comparison.
+_SMALLEST_SENTINEL: Final = float(DCGM_INT32_BLANK)
+_LARGEST_SENTINEL: Final = DCGM_INT64_BLANK + len(SENTINEL_KINDS) - 1
 
 REQUIRED_COLUMNS = ("timestamp", "metric_name", "uuid", "value")
 OPTIONAL_COLUMNS = (
@@ -107,6 +150,12 @@ def _column_key(name: str) -> str:
     return name.strip().lstrip("\ufeff").lower().replace("_", "")
 
 
+def _header_cell(text: str) -> str:
+    """Fold a cell for comparing a record with the header: case and surrounding space (and a BOM, which a
+    file concatenated from several exports carries into the middle) do not make a header a data row."""
+    return text.strip().lstrip("\ufeff").strip().lower()
+
+
 def _shown(text: str) -> str:
     """Quote an offending value for a detail message, cut short so one bad field cannot flood a log."""
     if len(text) <= DETAIL_VALUE_CHARS:
@@ -146,6 +195,37 @@ def parse_labels(raw: str) -> Mapping[str, str]:
     return _parse_labels_uncached(raw)
 
 
+@lru_cache(maxsize=LABELS_CACHE_SIZE)
+def _flagged_labels(raw: str, kind: str) -> Mapping[str, str]:
+    """The labels of ``raw`` plus ``dcgm_sentinel=<kind>``, shared between rows like ``parse_labels``."""
+    return MappingProxyType({**parse_labels(raw), SENTINEL_LABEL: kind})
+
+
+def dcgm_sentinel(value_text: str) -> tuple[str, str] | None:
+    """``(DCGM's name, kind)`` when the text spells one of DCGM's sentinels exactly, else None.
+
+    Compared on the exact number the text spells, not on its float: doubles are 2048 apart near 2**63, so
+    ``float("9223372036854775794") == float("9223372036854775792")`` and the float cannot tell NOT_SUPPORTED
+    from BLANK (or from a real counter reading next to them). Integer text goes through ``int``, anything
+    else (``"140737488355328.000000"``, ``"9.223372036854775794e18"``) through ``Decimal``.
+    """
+    text = value_text.strip()
+    try:
+        number = int(text)
+    except ValueError:
+        try:
+            exact = Decimal(text)
+        except InvalidOperation:
+            return None
+        # The bounds first: int() of a huge exponent would build a huge integer.
+        if not exact.is_finite() or not DCGM_INT32_BLANK <= exact <= _LARGEST_SENTINEL:
+            return None
+        if exact != exact.to_integral_value():
+            return None
+        number = int(exact)
+    return _SENTINELS.get(number)
+
+
 @lru_cache(maxsize=TIMESTAMP_CACHE_SIZE)
 def parse_timestamp(text: str) -> datetime | None:
     """Parse an RFC 3339 timestamp to an aware UTC datetime, or None when it is not one.
@@ -163,9 +243,19 @@ def parse_timestamp(text: str) -> datetime | None:
 
 
 class RowParser:
-    """Turns the records of one file into rows, using that file's header to find each column by name."""
+    """Turns the records of one file into rows, using that file's header to find each column by name.
 
-    def __init__(self, header: Sequence[str]) -> None:
+    ``sentinels`` says what to do with a DCGM sentinel value (a reading DCGM could not take): ``"reject"``
+    it (reason ``dcgm_sentinel``), or ``"flag"`` it: publish the row, value as written, with the label
+    ``dcgm_sentinel=<kind>`` so that a consumer can tell it from a reading. Turning it into 0 or dropping it
+    silently would both lie about the GPU.
+    """
+
+    def __init__(self, header: Sequence[str], *, sentinels: SentinelMode = "reject") -> None:
+        if sentinels not in SENTINEL_MODES:
+            raise ValueError(f"sentinels must be one of {', '.join(SENTINEL_MODES)}, got {sentinels!r}")
+        self._reject_sentinels = sentinels == "reject"
+        self._header = tuple(_header_cell(name) for name in header)
         indexes: dict[str, int] = {}
         for index, name in enumerate(header):
             indexes.setdefault(_column_key(name), index)  # the first of duplicate columns wins
@@ -177,11 +267,16 @@ class RowParser:
         self._pad = any(_column_key(name) not in indexes for name in OPTIONAL_COLUMNS)
         self._fields = itemgetter(*(indexes.get(_column_key(name), self.width) for name in _ROW_COLUMNS))
 
+    def is_header(self, fields: Sequence[str]) -> bool:
+        """Whether ``fields`` is this file's header again (compared without case or surrounding space)."""
+        return len(fields) == len(self._header) and tuple(_header_cell(text) for text in fields) == self._header
+
     # PLR0911: one early return per rejection reason keeps the per-row path flat and cheap.
     def parse(self, fields: Sequence[str], line: int) -> MetricRow | Rejection:  # noqa: PLR0911
         """Parse one record; ``line`` is where it starts in the file, carried into the row or rejection."""
         if len(fields) != self.width:
             return Rejection(line, FIELD_COUNT, f"expected {self.width} fields, found {len(fields)}")
+        record = fields
         if self._pad:
             fields = [*fields, ""]
         (
@@ -204,6 +299,10 @@ class RowParser:
             return Rejection(line, MISSING_METRIC_NAME, f"metric_name={_shown(metric_name)} is empty")
         timestamp = parse_timestamp(timestamp_text) if len(timestamp_text) <= _MAX_TIMESTAMP_CHARS else None
         if timestamp is None:
+            # Checked only here, off the good path: the header's timestamp cell ("timestamp" in some spelling)
+            # can never be RFC 3339, so every repeated header reaches this branch.
+            if self.is_header(record):
+                return Rejection(line, REPEATED_HEADER, "the header line again, in the middle of the data")
             return Rejection(line, BAD_TIMESTAMP, f"timestamp={_shown(timestamp_text)} is not RFC 3339")
         try:
             value = float(value_text)  # float() strips surrounding whitespace itself
@@ -213,10 +312,18 @@ class RowParser:
             return _not_numeric(value_text, line)
         if not math.isfinite(value):
             return Rejection(line, VALUE_NOT_FINITE, f"value={_shown(value_text)} is not finite")
+        sentinel = dcgm_sentinel(value_text) if value >= _SMALLEST_SENTINEL else None
+        if sentinel is not None and self._reject_sentinels:
+            name, kind = sentinel
+            return Rejection(
+                line, DCGM_SENTINEL, f"value={_shown(value_text)} is DCGM's {kind} sentinel ({name}), not a reading"
+            )
         try:
             labels = parse_labels(labels_raw)
         except LabelsError as error:
             return Rejection(line, BAD_LABELS, str(error))
+        if sentinel is not None:
+            labels = _flagged_labels(labels_raw, sentinel[1])
         return MetricRow(
             timestamp,
             metric_name,

@@ -24,7 +24,11 @@ from rxstreamer.retry import PublishError
 
 @dataclass
 class PublishStats:
-    """Acknowledged work, counted when the queue answers, whether or not anyone still listens."""
+    """Acknowledged work, counted when the queue answers, whether or not anyone still listens.
+
+    A batch the queue recognised as one it already holds (a retry whose first answer was lost, or a replay
+    after a restart) counts as published, since the queue holds its rows; ``duplicates`` says how many.
+    """
 
     batches: int = 0
     rows: int = 0
@@ -54,11 +58,9 @@ class StatsRecorder:
 
     def record(self, ack: PublishAck) -> None:
         with self._lock:
-            if ack.duplicate:
-                self._stats.duplicates += 1
-                return
             self._stats.batches += 1
             self._stats.rows += ack.rows
+            self._stats.duplicates += ack.duplicate
 
 
 class InMemoryPublisher:

@@ -8,18 +8,18 @@ then the scheduler. That order matters: closing the channel first would cut the 
 
 from __future__ import annotations
 
-import os
-import secrets
 import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Literal
 
 import structlog
 from reactivex.scheduler import EventLoopScheduler
 
+from rxstreamer.checkpoint import Checkpointer, FileIdentity, ResumePlan, plan_resume, read_checkpoint
 from rxstreamer.config import Settings, require_readable_file, settings_summary
 from rxstreamer.encoding import BatchEncoder
 from rxstreamer.grpc_publisher import GrpcPublisher
@@ -101,9 +101,13 @@ class _ConnectionWatch:
                 log.warning("mq.unreachable", address=self._address)
 
 
-def default_producer_id() -> str:
-    """A producer id unique to this run, so that two runs never deduplicate each other's batches."""
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+def derive_producer_id(instance: str, metrics_path: Path, file: FileIdentity, batch_size: int) -> str:
+    """A producer id that stays the same across restarts of the same stream, and only of the same stream.
+
+    The queue deduplicates by (producer id, sequence), and a sequence names the same rows only for the same
+    file content cut into batches of the same size; so both are part of the id.
+    """
+    return f"{instance or socket.gethostname()}:{metrics_path.name}:{file.fingerprint[:12]}:b{batch_size}"
 
 
 def _log_rejection(rejection: Rejection) -> None:
@@ -122,6 +126,60 @@ def _log_retry(batch: EncodedBatch, attempt: int, wait: float, error: BaseExcept
     )
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """Everything decided before the stream starts: what to read, from where, under which identity."""
+
+    rows: CsvRows
+    encoder: BatchEncoder
+    transforms: list[Operator]
+    checkpointer: Checkpointer | None
+
+
+def _plan(settings: Settings, transforms: Sequence[Operator]) -> _Plan:
+    """Check the file, the transforms and the checkpoint, and decide where to start; raises on any problem."""
+    telemetry, queue = settings.telemetry, settings.message_queue
+    require_readable_file("telemetry.metrics_path", telemetry.metrics_path)
+    file = FileIdentity.of(telemetry.metrics_path)
+    producer_id = queue.producer_id or derive_producer_id(
+        telemetry.instance, telemetry.metrics_path, file, telemetry.batch_size
+    )
+    plan = ResumePlan(start=None, first_sequence=1)
+    checkpointer = None
+    if telemetry.checkpoint_path is not None:
+        plan = plan_resume(
+            read_checkpoint(telemetry.checkpoint_path),
+            file=file,
+            producer_id=producer_id,
+            batch_size=telemetry.batch_size,
+            start_over=telemetry.start_over,
+            checkpoint_path=telemetry.checkpoint_path,
+        )
+        checkpointer = Checkpointer(
+            telemetry.checkpoint_path,
+            producer_id=producer_id,
+            batch_size=telemetry.batch_size,
+            file=file,
+            rows_published_before=plan.rows_published_before,
+        )
+    rows = CsvRows(telemetry.metrics_path, loop=telemetry.loop, on_reject=_log_rejection, start=plan.start)
+    rows.check()
+    if plan.ignored_because is not None:
+        log.warning("streamer.checkpoint_ignored", path=str(telemetry.checkpoint_path), reason=plan.ignored_because)
+    elif plan.start is not None:
+        log.info(
+            "streamer.resumed",
+            path=str(telemetry.checkpoint_path),
+            next_sequence=plan.first_sequence,
+            line=plan.start.line + 1,
+            offset=plan.start.offset,
+            pass_number=plan.start.pass_number,
+            rows_published_before=plan.rows_published_before,
+        )
+    encoder = BatchEncoder(producer_id, timestamps=telemetry.timestamps, first_sequence=plan.first_sequence)
+    return _Plan(rows, encoder, [*load_transforms(telemetry.transforms), *transforms], checkpointer)
+
+
 def run_streamer(
     settings: Settings,
     *,
@@ -130,16 +188,12 @@ def run_streamer(
 ) -> RunSummary:
     """Stream until the file ends, the pipeline fails, or ``stop`` is set (by a signal handler, say).
 
-    Raises ConfigError, SourceError or TransformError before anything starts when the settings, the file
-    or a transform is unusable; every later failure ends up in the summary instead.
+    Raises ConfigError, SourceError, TransformError or CheckpointError before anything starts when the
+    settings, the file, a transform or the checkpoint is unusable; every later failure ends up in the summary.
     """
     telemetry, queue = settings.telemetry, settings.message_queue
-    require_readable_file("telemetry.metrics_path", telemetry.metrics_path)
-    rows = CsvRows(telemetry.metrics_path, loop=telemetry.loop, on_reject=_log_rejection)
-    rows.check()
-    all_transforms = [*load_transforms(telemetry.transforms), *transforms]
-    encoder = BatchEncoder(queue.producer_id or default_producer_id(), timestamps=telemetry.timestamps)
-    log.info("streamer.started", producer_id=encoder.producer_id, **settings_summary(settings))
+    plan = _plan(settings, transforms)
+    log.info("streamer.started", producer_id=plan.encoder.producer_id, **settings_summary(settings))
 
     wake = stop if stop is not None else threading.Event()
     started = time.monotonic()
@@ -156,21 +210,24 @@ def run_streamer(
         max_backoff=queue.retry.max_backoff,
         multiplier=queue.retry.multiplier,
         max_attempts=queue.retry.max_attempts,
+        max_retry_time=queue.max_retry_time,
     )
     pipeline = build_pipeline(
-        rows,
+        plan.rows,
         publisher,
-        encoder,
+        plan.encoder,
         batch_size=telemetry.batch_size,
         interval=telemetry.stream_interval,
         retry=retry,
-        transforms=all_transforms,
+        transforms=plan.transforms,
         scheduler=scheduler,
         on_retry=_log_retry,
+        on_ack=plan.checkpointer,
     )
     outcome = _Outcome(wake)
     subscription = pipeline.subscribe(outcome.on_next, outcome.on_error, outcome.on_completed)
 
+    rows = plan.rows
     while not wake.wait(settings.logging.progress_interval):
         stats = publisher.stats
         log.info(
@@ -201,6 +258,8 @@ def run_streamer(
         error=str(outcome.error) if outcome.error is not None else None,
     )
     fields = asdict(summary)
+    if plan.checkpointer is not None and plan.checkpointer.last is not None:
+        fields["checkpoint_sequence"] = plan.checkpointer.last.sequence
     if summary.error is None:
         del fields["error"]
         log.info("streamer.stopped", **fields)

@@ -114,14 +114,14 @@ def broker_process(*args: str, port: int = 0) -> Iterator[Broker]:
             process.stdout.close()
 
 
-def start_streamer(*args: str) -> subprocess.Popen[str]:
-    """`rxstreamer run` with JSON logs, its output captured."""
+def start_streamer(*args: str, settings: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """`rxstreamer run` with JSON logs, its output captured; ``settings`` are RXSTREAMER_ variables."""
     return subprocess.Popen(
         rxstreamer_command("run", "--log-format", "json", *args),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=child_env(),
+        env={**child_env(), **(settings or {})},
         cwd=REPO_ROOT,
     )
 
@@ -151,8 +151,16 @@ def finish(process: subprocess.Popen[str], timeout: float = 60.0) -> Finished:
     return Finished(process.returncode, stdout, stderr)
 
 
-def run_streamer(*args: str, timeout: float = 60.0) -> Finished:
-    return finish(start_streamer(*args), timeout)
+def run_streamer(*args: str, timeout: float = 60.0, settings: dict[str, str] | None = None) -> Finished:
+    return finish(start_streamer(*args, settings=settings), timeout)
+
+
+def rss_mb(pid: int) -> float:
+    """A process's resident memory now, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
 
 
 def read_topic(

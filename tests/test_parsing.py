@@ -13,9 +13,13 @@ from rxstreamer.generate import generate_records, write_csv
 from rxstreamer.model import MetricRow, Rejection
 from rxstreamer.parsing import (
     DETAIL_VALUE_CHARS,
+    RECORD_REASONS,
+    REJECTION_REASONS,
+    TEXT_REASONS,
     HeaderError,
     LabelsError,
     RowParser,
+    dcgm_sentinel,
     parse_labels,
     parse_timestamp,
 )
@@ -332,3 +336,123 @@ def test_generated_rows_round_trip_through_csv_and_parser() -> None:
         assert parsed.labels["__name__"] == parsed.metric_name
         assert parsed.labels["Hostname"] == parsed.hostname
         assert parsed.labels["device"] == parsed.device
+
+
+# DCGM sentinels
+
+SENTINEL_CASES = [
+    ("2147483632", "blank", "DCGM_INT32_BLANK"),
+    ("2147483633", "not_found", "DCGM_INT32_NOT_FOUND"),
+    ("2147483634", "not_supported", "DCGM_INT32_NOT_SUPPORTED"),
+    ("2147483635", "not_permissioned", "DCGM_INT32_NOT_PERMISSIONED"),
+    ("9223372036854775792", "blank", "DCGM_INT64_BLANK"),
+    ("9223372036854775793", "not_found", "DCGM_INT64_NOT_FOUND"),
+    ("9223372036854775794", "not_supported", "DCGM_INT64_NOT_SUPPORTED"),
+    ("9223372036854775795", "not_permissioned", "DCGM_INT64_NOT_PERMISSIONED"),
+    ("140737488355328", "blank", "DCGM_FP64_BLANK"),
+    ("140737488355329.000000", "not_found", "DCGM_FP64_NOT_FOUND"),
+    ("1.40737488355330e14", "not_supported", "DCGM_FP64_NOT_SUPPORTED"),
+    (" 140737488355331.0 ", "not_permissioned", "DCGM_FP64_NOT_PERMISSIONED"),
+    ("9.223372036854775794e18", "not_supported", "DCGM_INT64_NOT_SUPPORTED"),
+]
+
+
+@pytest.mark.parametrize(("text", "kind", "name"), SENTINEL_CASES)
+def test_dcgm_sentinels_are_recognised_by_their_exact_value(text: str, kind: str, name: str) -> None:
+    """Each of DCGM's twelve sentinels, written as an integer or a decimal, is named with its kind."""
+    assert dcgm_sentinel(text) == (name, kind)
+
+
+@pytest.mark.parametrize(("text", "kind", "name"), SENTINEL_CASES)
+def test_dcgm_sentinels_are_rejected_naming_the_kind(text: str, kind: str, name: str) -> None:
+    """In the default reject mode a sentinel value is a dcgm_sentinel rejection whose detail names the kind."""
+    rejected = rejection(RowParser(HEADER).parse(record(value=text), 6))
+    assert (rejected.line, rejected.reason) == (6, "dcgm_sentinel")
+    assert f"DCGM's {kind} sentinel ({name})" in rejected.detail
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2147483631",
+        "2147483636",
+        "9223372036854775791",
+        "9223372036854775796",
+        "9223372036854775807",
+        "140737488355327",
+        "140737488355332",
+        "140737488355328.5",
+        "2147483632.25",
+        "1e300",
+        "-2147483632",
+    ],
+)
+def test_values_next_to_sentinels_are_readings(text: str) -> None:
+    """Neighbours of the sentinels are ordinary numbers, although some are the same double as a sentinel."""
+    assert dcgm_sentinel(text) is None
+    assert row(RowParser(HEADER).parse(record(value=text), 2)).value == float(text)
+
+
+def test_floats_cannot_tell_int64_sentinels_apart_but_the_parser_does() -> None:
+    """float() merges 2**63-16 .. 2**63-13 with their neighbours; the kinds still differ, and a reading is kept."""
+    texts = ["9223372036854775792", "9223372036854775794", "9223372036854775791"]
+    assert len({float(text) for text in texts}) == 1
+    assert [dcgm_sentinel(text) for text in texts] == [
+        ("DCGM_INT64_BLANK", "blank"),
+        ("DCGM_INT64_NOT_SUPPORTED", "not_supported"),
+        None,
+    ]
+
+
+def test_flag_mode_publishes_the_value_with_a_dcgm_sentinel_label() -> None:
+    """In flag mode the row is kept, value as written, with dcgm_sentinel=<kind> added to its labels."""
+    parser = RowParser(HEADER, sentinels="flag")
+    flagged = row(parser.parse(record(value="2147483634"), 3))
+    assert flagged.value == 2147483634.0
+    assert dict(flagged.labels) == {"gpu": "3", "Hostname": "test-host-7", "dcgm_sentinel": "not_supported"}
+    assert flagged.labels is row(parser.parse(record(value="2147483634"), 4)).labels
+    plain = row(parser.parse(record(), 5))
+    assert "dcgm_sentinel" not in plain.labels
+
+
+def test_flag_mode_still_rejects_bad_labels() -> None:
+    """Flagging a sentinel does not excuse labels that cannot be parsed."""
+    parser = RowParser(HEADER, sentinels="flag")
+    assert rejection(parser.parse(record(value="2147483632", labels_raw="gpu=0"), 2)).reason == "bad_labels"
+
+
+def test_unknown_sentinel_mode_is_refused() -> None:
+    """Only reject and flag are modes."""
+    with pytest.raises(ValueError, match="sentinels must be one of reject, flag"):
+        RowParser(HEADER, sentinels="zero")  # type: ignore[arg-type]
+
+
+# Repeated headers
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        HEADER,
+        [name.upper() for name in HEADER],
+        [f"  {name} " for name in HEADER],
+        ["\ufefftimestamp", *HEADER[1:]],
+    ],
+    ids=["same", "upper", "spaced", "bom"],
+)
+def test_the_header_again_is_a_repeated_header_rejection(fields: list[str]) -> None:
+    """The header line in the middle of the data, in any case or spacing, is repeated_header, not bad_timestamp."""
+    rejected = rejection(RowParser(HEADER).parse(fields, 40))
+    assert (rejected.line, rejected.reason) == (40, "repeated_header")
+
+
+def test_a_header_with_other_columns_is_not_a_repeated_header() -> None:
+    """Only this file's own header counts; a record of other column names is a plain bad row."""
+    other = ["timestamp", *HEADER[1:-1], "labels"]
+    assert rejection(RowParser(HEADER).parse(other, 2)).reason == "bad_timestamp"
+
+
+def test_rejection_reasons_are_unique_stable_codes() -> None:
+    """Every reason is listed once, and text-level and record-level reasons do not overlap."""
+    assert len(set(REJECTION_REASONS)) == len(REJECTION_REASONS) == len(TEXT_REASONS) + len(RECORD_REASONS)
+    assert all(reason.isidentifier() and reason.islower() for reason in REJECTION_REASONS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import tracemalloc
 from itertools import islice
 from pathlib import Path
 
@@ -13,12 +14,13 @@ from reactivex.notification import OnError
 from reactivex.testing import ReactiveTest, TestScheduler
 
 from rxstreamer.generate import HEADER, generate_file, generate_records
-from rxstreamer.model import MetricRow, Rejection
-from rxstreamer.source import CsvRows, SourceError, rows_from_csv
+from rxstreamer.model import MetricRow, Position, Rejection
+from rxstreamer.source import RAW_TEXT_CHARS, CsvRows, SourceError, rows_from_csv
 
 DATA = Path(__file__).parent / "data"
 BAD_ROWS = DATA / "bad_rows.csv"
 MULTILINE = DATA / "multiline.csv"
+MALFORMED = DATA / "malformed"
 PROC_FDS = Path("/proc/self/fd")
 
 needs_proc = pytest.mark.skipif(not PROC_FDS.is_dir(), reason="needs /proc/self/fd to see open files")
@@ -134,16 +136,241 @@ def test_each_iteration_reads_the_file_afresh(tmp_path: Path) -> None:
     assert source.stats.rows_read == 12
 
 
-def test_an_unparseable_record_is_a_csv_error_rejection(tmp_path: Path) -> None:
-    """A record the csv module refuses (a field over its size limit) is rejected and reading goes on."""
+def test_an_over_long_line_is_rejected_as_field_too_large_and_reading_goes_on(tmp_path: Path) -> None:
+    """A line over max_field_size is skipped to its end and rejected with its line number and length."""
     path = write_generated(tmp_path / "long.csv", 3)
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
     lines.insert(3, '"' + "x" * (csv.field_size_limit() + 1) + '"\n')
     path.write_text("".join(lines), encoding="utf-8")
-    rows, rejections, _ = collect(path)
-    assert [(r.line, r.reason) for r in rejections] == [(4, "csv_error")]
-    assert "field larger than field limit" in rejections[0].detail
+    rows, rejections, source = collect(path)
+    assert [(r.line, r.reason) for r in rejections] == [(4, "field_too_large")]
+    assert rejections[0].detail == "the line is 131076 bytes long, more than max_field_size (65536 bytes)"
+    assert rejections[0].raw == '"' + "x" * (RAW_TEXT_CHARS - 1)
     assert [row.line for row in rows] == [2, 3, 5]
+    assert source.stats.rejected_by_reason == {"field_too_large": 1}
+
+
+def test_max_field_size_bounds_the_line_without_its_line_break(tmp_path: Path) -> None:
+    """A line exactly max_field_size bytes long (before LF or CRLF) is read; one byte more is rejected."""
+    path = write_generated(tmp_path / "exact.csv", 2)
+    data = path.read_bytes()
+    longest = max(len(line) for line in data.splitlines())
+    for ending in (b"\n", b"\r\n"):
+        path.write_bytes(data.replace(b"\n", ending))
+        assert len(list(CsvRows(path, max_field_size=longest))) == 2
+        rejections: list[Rejection] = []
+        assert len(list(CsvRows(path, max_field_size=longest - 1, on_reject=rejections.append))) < 2
+        assert {r.reason for r in rejections} == {"field_too_large"}
+
+
+def test_a_line_without_line_breaks_is_read_in_bounded_memory(tmp_path: Path) -> None:
+    """Megabytes with no line break after the header cost one chunk of memory, not the whole line."""
+    path = tmp_path / "endless.csv"
+    with path.open("wb") as out:
+        out.write(HEADER.encode() + b"\n")
+        for _ in range(64):
+            out.write(b"x" * 65536)
+    rejections: list[Rejection] = []
+    tracemalloc.start()
+    try:
+        rows = list(CsvRows(path, on_reject=rejections.append, max_field_size=4096))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert rows == []
+    assert [(r.line, r.reason) for r in rejections] == [(2, "field_too_large")]
+    assert str(64 * 65536) in rejections[0].detail
+    assert peak < 1_000_000
+
+
+def test_an_unterminated_quote_costs_its_line_only(tmp_path: Path) -> None:
+    """A quote that never closes is rejected on its first line, and every row after it is still read."""
+    path = write_generated(tmp_path / "quote.csv", 6)
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[2] = lines[2][:100] + b"\n"  # inside a quoted field: the rest of the line is lost
+    path.write_bytes(b"".join(lines))
+    rows, rejections, source = collect(path)
+    assert [(r.line, r.reason) for r in rejections] == [(3, "unterminated_quote")]
+    assert rejections[0].raw == lines[2][:100].decode()
+    assert [row.line for row in rows] == [2, 4, 5, 6, 7]
+    assert source.stats.rows_read == 6
+
+
+def test_an_open_quote_runs_out_at_max_field_size_not_at_the_end_of_the_file(tmp_path: Path) -> None:
+    """A quote that stays open past max_field_size is rejected there; reading resumes on the next line."""
+    path = tmp_path / "open.csv"
+    good = write_generated(tmp_path / "good.csv", 40).read_bytes().splitlines(keepends=True)
+    # Unquoted rows after the open quote: no quote closes it, so only the bound can.
+    unquoted = [line.replace(b'"', b"") for line in good[1:]]
+    path.write_bytes(b"".join([good[0], b'"2025-07-18T20:00:00Z,open\n', *unquoted]))
+    rejections: list[Rejection] = []
+    source = CsvRows(path, on_reject=rejections.append, max_field_size=2048)
+    rows = list(source)
+    assert rejections[0].line == 2
+    assert rejections[0].reason == "unterminated_quote"
+    assert "still open after max_field_size (2048 bytes)" in rejections[0].detail
+    # Unquoted, labels_raw's commas split it into more fields: what matters is that each line is its own record.
+    assert [r.line for r in rejections[1:]] == list(range(3, 43))
+    assert rows == []
+    assert source.stats.rows_read == 41
+
+
+def test_a_bare_carriage_return_is_a_csv_error_rejection(tmp_path: Path) -> None:
+    """A record the csv module refuses (a lone CR between fields) is rejected and reading goes on."""
+    path = write_generated(tmp_path / "cr.csv", 3)
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[2] = lines[2].replace(b'","', b'"\r"', 1)
+    path.write_bytes(b"".join(lines))
+    rows, rejections, _ = collect(path)
+    assert [(r.line, r.reason) for r in rejections] == [(3, "csv_error")]
+    assert [row.line for row in rows] == [2, 4]
+
+
+def test_nul_bytes_reject_their_line(tmp_path: Path) -> None:
+    """A line holding a NUL byte is rejected as nul_byte, naming where; the lines around it are read."""
+    path = write_generated(tmp_path / "nul.csv", 3)
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[2] = b"\0" + lines[2]
+    path.write_bytes(b"".join(lines))
+    rows, rejections, _ = collect(path)
+    assert [(r.line, r.reason, r.detail) for r in rejections] == [(3, "nul_byte", "NUL byte at byte 1 of the line")]
+    assert [row.line for row in rows] == [2, 4]
+
+
+def test_rejections_carry_the_raw_text_without_its_line_break(tmp_path: Path) -> None:
+    """Rejection.raw is the record as written, minus the CRLF, for a quarantine file to replay."""
+    path = tmp_path / "raw.csv"
+    bad = '"2025-07-18T20:00:00Z","m","GPU-1","n/a"'
+    path.write_bytes(f"timestamp,metric_name,uuid,value\r\n{bad}\r\n".encode())
+    _, rejections, _ = collect(path)
+    assert [(r.line, r.reason, r.raw) for r in rejections] == [(2, "value_not_numeric", bad)]
+
+
+# Positions and resuming
+
+
+def rows_after(path: Path, position: Position, *, loop: bool = False, count: int | None = None) -> list[MetricRow]:
+    """The rows a new source started at ``position`` yields (the first ``count`` of them)."""
+    return list(islice(CsvRows(path, start=position, loop=loop), count))
+
+
+@pytest.mark.parametrize("path", [BAD_ROWS, MULTILINE], ids=["bad_rows", "multiline"])
+def test_every_position_after_a_row_resumes_with_the_next_row(path: Path) -> None:
+    """Stopping after any row and starting a new source at its position gives exactly the rows that follow."""
+    everything = list(CsvRows(path))
+    for taken in range(len(everything) + 1):
+        source = CsvRows(path)
+        rows = iter(source)
+        head = list(islice(rows, taken))
+        position = source.position
+        rows.close()
+        assert head + rows_after(path, position) == everything
+
+
+def test_resuming_continues_the_line_numbers_and_rejections(tmp_path: Path) -> None:
+    """After resuming, rows and rejections keep the line numbers they have in the file, CRLF and blank lines too."""
+    path = tmp_path / "crlf.csv"
+    path.write_bytes(MULTILINE.read_bytes().replace(b"\n", b"\r\n"))
+    everything, all_rejections, _ = collect(path)
+    source = CsvRows(path)
+    rows = iter(source)
+    assert next(rows).line == 3
+    rejections: list[Rejection] = []
+    rest = list(CsvRows(path, start=source.position, on_reject=rejections.append))
+    assert [row.line for row in rest] == [row.line for row in everything[1:]] == [7, 9, 12]
+    assert rejections == all_rejections
+    assert rest[1].labels["note"] == "a\r\nb\r\nc"
+
+
+def test_position_is_the_byte_offset_and_line_count_after_each_record(tmp_path: Path) -> None:
+    """Right after row N the position is where line N+1 starts, in bytes, with N lines consumed."""
+    path = write_generated(tmp_path / "offsets.csv", 30)
+    line_starts = [0]
+    for line in path.read_bytes().splitlines(keepends=True):
+        line_starts.append(line_starts[-1] + len(line))
+    source = CsvRows(path)
+    for row in source:
+        assert source.position == Position(offset=line_starts[row.line], line=row.line, pass_number=0)
+
+
+def test_position_covers_rejected_records_too(tmp_path: Path) -> None:
+    """Inside on_reject, the position is already past the rejected record, so a checkpoint never repeats it."""
+    positions: list[Position] = []
+    source = CsvRows(BAD_ROWS, on_reject=lambda rejection: positions.append(source.position))
+    list(source)
+    assert [position.line for position in positions] == [3, 4, 5, 6, 7, 9, 10]
+    resumed: list[Rejection] = []
+    list(CsvRows(BAD_ROWS, start=positions[-1], on_reject=resumed.append))
+    assert resumed == []
+
+
+def test_position_counts_passes_when_looping(tmp_path: Path) -> None:
+    """Looping numbers the passes; a source started in pass 2 carries on in pass 2, then 3 from the top."""
+    path = write_generated(tmp_path / "loop.csv", 4)
+    source = CsvRows(path, loop=True)
+    rows = iter(source)
+    taken = list(islice(rows, 10))  # two passes and two rows of the third
+    position = source.position
+    rows.close()
+    assert (position.pass_number, position.line) == (2, 3)
+    resumed = CsvRows(path, loop=True, start=position)
+    after = list(islice(resumed, 6))
+    assert [row.line for row in after] == [4, 5, 2, 3, 4, 5]
+    assert after[:2] == taken[2:4]
+    assert resumed.position.pass_number == 3
+    assert resumed.stats.passes == 2
+
+
+def test_resuming_at_the_end_of_a_pass_goes_on_with_the_next_pass(tmp_path: Path) -> None:
+    """A position at the end of the file is not an empty pass that stops the loop: the next pass begins."""
+    path = write_generated(tmp_path / "end.csv", 3)
+    source = CsvRows(path)
+    list(source)
+    end = source.position
+    assert end.offset == path.stat().st_size
+    assert rows_after(path, end) == []
+    looped = CsvRows(path, loop=True, start=end)
+    assert [row.line for row in islice(looped, 4)] == [2, 3, 4, 2]
+    assert looped.position.pass_number == 2
+
+
+@pytest.mark.parametrize(
+    ("start", "message"),
+    [
+        (Position(offset=10, line=1), "lies inside the header"),
+        (Position(offset=10_000_000, line=9), "lies beyond the end of the file"),
+        (Position(offset=150, line=2), "does not follow a line break"),
+    ],
+)
+def test_a_start_that_cannot_begin_a_record_is_a_source_error(tmp_path: Path, start: Position, message: str) -> None:
+    """check() and iteration both refuse a start inside the header, past the end, or in the middle of a line."""
+    path = write_generated(tmp_path / "start.csv", 3)
+    for attempt in (CsvRows(path, start=start).check, lambda: list(CsvRows(path, start=start))):
+        with pytest.raises(SourceError, match=message):
+            attempt()
+
+
+def test_invalid_limits_and_modes_are_refused() -> None:
+    """A max_field_size under one byte and an unknown sentinel mode fail at construction."""
+    with pytest.raises(ValueError, match="max_field_size"):
+        CsvRows(BAD_ROWS, max_field_size=0)
+    with pytest.raises(ValueError, match="sentinels"):
+        CsvRows(BAD_ROWS, sentinels="drop")  # type: ignore[arg-type]
+
+
+def test_rejected_by_reason_adds_up_to_rows_rejected() -> None:
+    """stats.rejected_by_reason counts each reason, and every record read is either yielded or rejected."""
+    rows, _, source = collect(BAD_ROWS)
+    assert source.stats.rejected_by_reason == {
+        "field_count": 1,
+        "value_not_numeric": 1,
+        "value_not_finite": 1,
+        "bad_timestamp": 1,
+        "missing_uuid": 1,
+        "missing_metric_name": 1,
+        "bad_labels": 1,
+    }
+    assert source.stats.rows_read == len(rows) + sum(source.stats.rejected_by_reason.values())
 
 
 # Looping
@@ -270,16 +497,25 @@ def test_binary_file(tmp_path: Path) -> None:
     assert source_error(path).startswith(f"{path}: not UTF-8 text")
 
 
-def test_bad_bytes_after_the_header_end_the_stream_with_a_source_error(tmp_path: Path) -> None:
-    """Undecodable bytes deep in the file stop iteration with a SourceError after the rows before them."""
+def test_utf16_file_is_refused_with_a_hint(tmp_path: Path) -> None:
+    """A file saved as UTF-16 (as some spreadsheets do) is refused at the header, saying what it looks like."""
+    path = tmp_path / "utf16.csv"
+    path.write_bytes((HEADER + "\n").encode("utf-16"))
+    assert source_error(path).endswith("it looks like UTF-16, save it as UTF-8")
+
+
+def test_bad_bytes_after_the_header_reject_their_line_only(tmp_path: Path) -> None:
+    """Undecodable bytes deep in the file reject that line as not_utf8; the rows after it keep coming."""
     path = write_generated(tmp_path / "late.csv", 100)
     with path.open("ab") as out:
         out.write(b'"\xff\xfe"\n')
-    CsvRows(path).check()
-    rows: list[MetricRow] = []
-    with pytest.raises(SourceError, match="not UTF-8 text after line"):
-        rows.extend(CsvRows(path))
-    assert 0 < len(rows) <= 100
+    write_generated(tmp_path / "more.csv", 3)
+    with path.open("ab") as out:
+        out.write((tmp_path / "more.csv").read_bytes().split(b"\n", 1)[1])
+    rows, rejections, _ = collect(path)
+    assert [(r.line, r.reason) for r in rejections] == [(102, "not_utf8")]
+    assert rejections[0].raw == '"\\xff\\xfe"'
+    assert [row.line for row in rows] == [*range(2, 102), 103, 104, 105]
 
 
 # rows_from_csv
@@ -296,6 +532,18 @@ def test_observable_emits_every_row_then_completes() -> None:
         ReactiveTest.on_completed(ReactiveTest.subscribed),
     ]
     assert len(rejections) == 7
+
+
+def test_observable_takes_the_same_limits_as_the_iterable() -> None:
+    """rows_from_csv passes max_field_size and sentinels through to CsvRows."""
+    rejections: list[Rejection] = []
+    rows: list[MetricRow] = []
+    rows_from_csv(BAD_ROWS, on_reject=rejections.append, max_field_size=100).subscribe(rows.append)
+    assert rows == []
+    assert {r.reason for r in rejections} == {"field_too_large"}
+    flagged: list[MetricRow] = []
+    rows_from_csv(MALFORMED / "dcgm_sentinel.csv", sentinels="flag").subscribe(flagged.append)
+    assert len(flagged) == 6
 
 
 def test_observable_is_cold() -> None:
