@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rxstreamer.model import Position, PublishAck
+from rxstreamer.source import SourceStats
 
 VERSION = 1
 #: How much of the file's head identifies it. Enough to differ between any two DCGM exports (timestamps,
@@ -55,7 +56,9 @@ class Checkpoint:
     position: Position  # where the input continues after that batch
     batch_size: int
     file: FileIdentity
-    rows_published: int = 0  # by every run of this stream together
+    rows_published: int = 0  # by every run of this stream together, up to this batch
+    rows_read: int = 0  # likewise: rows_read = rows_published + rows_rejected + rows_filtered
+    rows_rejected: int = 0
     written_at: str = ""
 
     def to_json(self) -> str:
@@ -74,6 +77,8 @@ class Checkpoint:
             batch_size=int(document["batch_size"]),
             file=FileIdentity(**document["file"]),
             rows_published=int(document.get("rows_published", 0)),
+            rows_read=int(document.get("rows_read", 0)),
+            rows_rejected=int(document.get("rows_rejected", 0)),
             written_at=str(document.get("written_at", "")),
         )
 
@@ -139,7 +144,7 @@ class ResumePlan:
 
     start: Position | None  # None: from the top of the file
     first_sequence: int
-    rows_published_before: int = 0
+    before: Checkpoint | None = None  # the checkpoint resumed from, with the totals of the runs before
     ignored_because: str | None = None  # set when start_over discarded a checkpoint that did not fit
 
 
@@ -161,7 +166,7 @@ def plan_resume(
         return ResumePlan(start=None, first_sequence=1)
     mismatch = resume_mismatch(checkpoint, file, producer_id, batch_size)
     if mismatch is None and not start_over:
-        return ResumePlan(checkpoint.position, checkpoint.sequence + 1, checkpoint.rows_published)
+        return ResumePlan(checkpoint.position, checkpoint.sequence + 1, checkpoint)
     if mismatch is not None and not start_over:
         raise CheckpointError(
             f"checkpoint {checkpoint_path} cannot resume this stream: {mismatch}; set telemetry.start_over = true "
@@ -178,31 +183,44 @@ def plan_resume(
 class Checkpointer:
     """Records each acknowledged batch of one stream; called inside the pipeline after every ack.
 
-    Acknowledgements arrive in sequence order (one publish at a time), so the latest one always covers
-    everything before it.
+    Acknowledgements arrive in sequence order (one publish at a time), and the next batch is read only
+    after the ack, so at each ack the source has read exactly up to that batch: the source's counts are
+    the checkpoint's counts.
     """
 
     def __init__(
-        self, path: Path, *, producer_id: str, batch_size: int, file: FileIdentity, rows_published_before: int = 0
+        self,
+        path: Path,
+        *,
+        producer_id: str,
+        batch_size: int,
+        file: FileIdentity,
+        source_stats: SourceStats,
+        before: Checkpoint | None = None,
     ) -> None:
         self.path = path
         self._producer_id = producer_id
         self._batch_size = batch_size
         self._file = file
-        self.rows_published = rows_published_before
+        self._source_stats = source_stats
+        self._before = before
+        self._rows_published = 0
         self.last: Checkpoint | None = None
 
     def __call__(self, ack: PublishAck) -> None:
         if ack.position is None:
             return  # a source that cannot say where it is: nothing to resume from
-        self.rows_published += ack.rows
+        self._rows_published += ack.rows
+        before = self._before
         checkpoint = Checkpoint(
             producer_id=self._producer_id,
             sequence=ack.sequence,
             position=ack.position,
             batch_size=self._batch_size,
             file=self._file,
-            rows_published=self.rows_published,
+            rows_published=self._rows_published + (before.rows_published if before else 0),
+            rows_read=self._source_stats.rows_read + (before.rows_read if before else 0),
+            rows_rejected=self._source_stats.rows_rejected + (before.rows_rejected if before else 0),
         )
         write_checkpoint(self.path, checkpoint)
         self.last = checkpoint

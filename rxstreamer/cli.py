@@ -22,7 +22,7 @@ from rxstreamer.durations import parse_duration
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
-COMMANDS = ("run", "mq", "tail", "generate")
+COMMANDS = ("run", "mq", "tail", "generate", "validate")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -208,6 +208,26 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- validate -----------------------------------------------------------------------------------------
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from rxstreamer.source import SourceError
+    from rxstreamer.validate import render_json, render_text, validate_file
+
+    settings = _settings(args, {})
+    try:
+        report = validate_file(
+            args.file,
+            max_field_size=settings.telemetry.max_field_size,
+            sentinels=settings.telemetry.dcgm_sentinels,
+        )
+    except SourceError as error:
+        return _fail(str(error), EXIT_USAGE)
+    print(render_json(report) if args.json else render_text(report))
+    return report.exit_code
+
+
 # --- the parser ---------------------------------------------------------------------------------------
 
 
@@ -260,6 +280,13 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("--idle-timeout", metavar="DURATION", help="stop when nothing arrived for this long, e.g. 2s")
     tail.add_argument("--with-batch", action="store_true", help="add producer_id, sequence and offset to each line")
     tail.set_defaults(handler=_tail)
+
+    validate = commands.add_parser(
+        "validate", parents=[common], help="check a metrics file with the streamer's parser and summarise it"
+    )
+    validate.add_argument("file", type=Path, help="the DCGM CSV to check")
+    validate.add_argument("--json", action="store_true", help="print the report as JSON")
+    validate.set_defaults(handler=_validate)
 
     generate = commands.add_parser("generate", help="write a realistic synthetic DCGM CSV (test data, load files)")
     generate.add_argument("--output", "-o", type=Path, required=True, help="the CSV file to write")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, cast, runtime_checkable
 
 from reactivex import Observable, abc
@@ -22,6 +23,14 @@ from rxstreamer.retry import RetryPolicy
 
 RetryListener = Callable[[EncodedBatch, int, float, BaseException], None]
 Batch = tuple[list[MetricRow], Position | None]
+
+
+@dataclass
+class PipelineCounters:
+    """What the pipeline pulled, for the accounting that ties rows read to rows published."""
+
+    batches_pulled: int = 0
+    rows_batched: int = 0  # rows that reached a batch: read, parsed, and kept by the transforms
 
 
 @runtime_checkable
@@ -44,6 +53,7 @@ def build_pipeline(
     scheduler: abc.SchedulerBase | None = None,
     on_retry: RetryListener | None = None,
     on_ack: Callable[[PublishAck], None] | None = None,
+    counters: PipelineCounters | None = None,
 ) -> Observable[PublishAck]:
     """The whole streamer as one cold observable of acknowledgements; subscribing starts it.
 
@@ -51,7 +61,7 @@ def build_pipeline(
     ``on_ack`` runs inside the stream for each acknowledgement (a checkpoint, say): if it raises, the
     stream ends with that error rather than going on without it.
     """
-    batches = with_positions(pull_through(rows, *transforms, ops.buffer_with_count(batch_size)), rows)
+    batches = with_positions(pull_through(rows, *transforms, ops.buffer_with_count(batch_size)), rows, counters)
     publish = publish_with_retry(publisher.publish, retry, scheduler=scheduler, on_retry=on_retry)
 
     def encode(batch: Batch) -> EncodedBatch:
@@ -65,17 +75,22 @@ def build_pipeline(
     return pace(batches, interval, encode_and_publish, scheduler=scheduler)
 
 
-def with_positions(batches: Iterable[list[MetricRow]], rows: Iterable[MetricRow]) -> Iterable[Batch]:
+def with_positions(
+    batches: Iterable[list[MetricRow]], rows: Iterable[MetricRow], counters: PipelineCounters | None = None
+) -> Iterable[Batch]:
     """Pair each batch with the source's position right after it was pulled: where the input continues."""
-    return _WithPositions(batches, rows)
+    return _WithPositions(batches, rows, counters or PipelineCounters())
 
 
 class _WithPositions(Iterable[Batch]):
     """Re-iterable, like the rows: each iteration pulls the batches afresh."""
 
-    def __init__(self, batches: Iterable[list[MetricRow]], rows: Iterable[MetricRow]) -> None:
+    def __init__(
+        self, batches: Iterable[list[MetricRow]], rows: Iterable[MetricRow], counters: PipelineCounters
+    ) -> None:
         self._batches = batches
         self._rows = rows
+        self._counters = counters
 
     def __iter__(self) -> Iterator[Batch]:
         return self._pair()
@@ -85,6 +100,8 @@ class _WithPositions(Iterable[Batch]):
         rows = self._rows if isinstance(self._rows, Positioned) else None
         try:
             for batch in batches:
+                self._counters.batches_pulled += 1
+                self._counters.rows_batched += len(batch)
                 yield batch, rows.position if rows is not None else None
         finally:
             close = getattr(batches, "close", None)

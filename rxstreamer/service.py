@@ -20,12 +20,14 @@ import structlog
 from reactivex.scheduler import EventLoopScheduler
 
 from rxstreamer.checkpoint import Checkpointer, FileIdentity, ResumePlan, plan_resume, read_checkpoint
-from rxstreamer.config import Settings, require_readable_file, settings_summary
+from rxstreamer.config import ConfigError, Settings, require_readable_file, settings_summary
 from rxstreamer.encoding import BatchEncoder
 from rxstreamer.grpc_publisher import GrpcPublisher
 from rxstreamer.model import EncodedBatch, PublishAck, Rejection
 from rxstreamer.operators import Operator
-from rxstreamer.pipeline import build_pipeline, load_transforms
+from rxstreamer.pipeline import PipelineCounters, build_pipeline, load_transforms
+from rxstreamer.publisher import PublishStats
+from rxstreamer.quarantine import Quarantine, RejectionReporter
 from rxstreamer.retry import PublishError, RetryPolicy
 from rxstreamer.source import CsvRows
 
@@ -36,14 +38,22 @@ StopReason = Literal["completed", "signal", "error"]
 
 @dataclass(frozen=True)
 class RunSummary:
-    """What a run did, as logged in ``streamer.stopped``."""
+    """What a run did, as logged in ``streamer.stopped``.
+
+    Every row read is accounted for: ``rows_read = rows_published + rows_rejected + rows_filtered +
+    rows_in_flight``, where filtered rows are those your transforms dropped and rows in flight were read
+    but not acknowledged when the run stopped (zero when the file was streamed to its end).
+    """
 
     reason: StopReason
     rows_read: int
     rows_rejected: int
+    rows_filtered: int
+    rows_in_flight: int
     batches_published: int
     rows_published: int
     duplicates: int
+    rejected_by_reason: dict[str, int]
     duration_s: float
     error: str | None = None
 
@@ -110,10 +120,6 @@ def derive_producer_id(instance: str, metrics_path: Path, file: FileIdentity, ba
     return f"{instance or socket.gethostname()}:{metrics_path.name}:{file.fingerprint[:12]}:b{batch_size}"
 
 
-def _log_rejection(rejection: Rejection) -> None:
-    log.warning("row.rejected", line=rejection.line, reason=rejection.reason, detail=rejection.detail)
-
-
 def _log_retry(batch: EncodedBatch, attempt: int, wait: float, error: BaseException) -> None:
     status = error.status if isinstance(error, PublishError) else type(error).__name__
     log.warning(
@@ -134,50 +140,98 @@ class _Plan:
     encoder: BatchEncoder
     transforms: list[Operator]
     checkpointer: Checkpointer | None
+    reporter: RejectionReporter
+    quarantine: Quarantine | None
 
 
 def _plan(settings: Settings, transforms: Sequence[Operator]) -> _Plan:
-    """Check the file, the transforms and the checkpoint, and decide where to start; raises on any problem."""
+    """Check the file, the transforms, the checkpoint and the quarantine, and decide where to start.
+
+    Raises on any problem, before anything is sent.
+    """
     telemetry, queue = settings.telemetry, settings.message_queue
     require_readable_file("telemetry.metrics_path", telemetry.metrics_path)
     file = FileIdentity.of(telemetry.metrics_path)
     producer_id = queue.producer_id or derive_producer_id(
         telemetry.instance, telemetry.metrics_path, file, telemetry.batch_size
     )
-    plan = ResumePlan(start=None, first_sequence=1)
+    resume = _resume_plan(settings, file, producer_id)
+    reporter = RejectionReporter(
+        in_full=settings.logging.rejected_rows_in_full, interval=settings.logging.progress_interval
+    )
+    quarantine = _open_quarantine(telemetry.rejected_path)
+    rows = CsvRows(
+        telemetry.metrics_path,
+        loop=telemetry.loop,
+        on_reject=_fan_out(reporter, quarantine),
+        start=resume.start,
+        max_field_size=telemetry.max_field_size,
+        sentinels=telemetry.dcgm_sentinels,
+    )
+    rows.check()
     checkpointer = None
     if telemetry.checkpoint_path is not None:
-        plan = plan_resume(
-            read_checkpoint(telemetry.checkpoint_path),
-            file=file,
-            producer_id=producer_id,
-            batch_size=telemetry.batch_size,
-            start_over=telemetry.start_over,
-            checkpoint_path=telemetry.checkpoint_path,
-        )
         checkpointer = Checkpointer(
             telemetry.checkpoint_path,
             producer_id=producer_id,
             batch_size=telemetry.batch_size,
             file=file,
-            rows_published_before=plan.rows_published_before,
+            source_stats=rows.stats,
+            before=resume.before,
         )
-    rows = CsvRows(telemetry.metrics_path, loop=telemetry.loop, on_reject=_log_rejection, start=plan.start)
-    rows.check()
+    encoder = BatchEncoder(producer_id, timestamps=telemetry.timestamps, first_sequence=resume.first_sequence)
+    all_transforms = [*load_transforms(telemetry.transforms), *transforms]
+    return _Plan(rows, encoder, all_transforms, checkpointer, reporter, quarantine)
+
+
+def _resume_plan(settings: Settings, file: FileIdentity, producer_id: str) -> ResumePlan:
+    path = settings.telemetry.checkpoint_path
+    if path is None:
+        return ResumePlan(start=None, first_sequence=1)
+    plan = plan_resume(
+        read_checkpoint(path),
+        file=file,
+        producer_id=producer_id,
+        batch_size=settings.telemetry.batch_size,
+        start_over=settings.telemetry.start_over,
+        checkpoint_path=path,
+    )
     if plan.ignored_because is not None:
-        log.warning("streamer.checkpoint_ignored", path=str(telemetry.checkpoint_path), reason=plan.ignored_because)
-    elif plan.start is not None:
+        log.warning("streamer.checkpoint_ignored", path=str(path), reason=plan.ignored_because)
+    elif plan.start is not None and plan.before is not None:
         log.info(
             "streamer.resumed",
-            path=str(telemetry.checkpoint_path),
+            path=str(path),
             next_sequence=plan.first_sequence,
             line=plan.start.line + 1,
             offset=plan.start.offset,
             pass_number=plan.start.pass_number,
-            rows_published_before=plan.rows_published_before,
+            rows_published_before=plan.before.rows_published,
         )
-    encoder = BatchEncoder(producer_id, timestamps=telemetry.timestamps, first_sequence=plan.first_sequence)
-    return _Plan(rows, encoder, [*load_transforms(telemetry.transforms), *transforms], checkpointer)
+    return plan
+
+
+def _open_quarantine(path: Path | None) -> Quarantine | None:
+    if path is None:
+        return None
+    quarantine = Quarantine(path)
+    try:
+        quarantine.open()
+    except OSError as error:
+        raise ConfigError(
+            "telemetry.rejected_path", str(path), f"cannot be opened for appending: {error.strerror}"
+        ) from error
+    return quarantine
+
+
+def _fan_out(*listeners: Callable[[Rejection], None] | None) -> Callable[[Rejection], None]:
+    present = [listener for listener in listeners if listener is not None]
+
+    def tell_all(rejection: Rejection) -> None:
+        for listener in present:
+            listener(rejection)
+
+    return tell_all
 
 
 def run_streamer(
@@ -212,6 +266,7 @@ def run_streamer(
         max_attempts=queue.retry.max_attempts,
         max_retry_time=queue.max_retry_time,
     )
+    counters = PipelineCounters()
     pipeline = build_pipeline(
         plan.rows,
         publisher,
@@ -223,20 +278,13 @@ def run_streamer(
         scheduler=scheduler,
         on_retry=_log_retry,
         on_ack=plan.checkpointer,
+        counters=counters,
     )
     outcome = _Outcome(wake)
     subscription = pipeline.subscribe(outcome.on_next, outcome.on_error, outcome.on_completed)
 
-    rows = plan.rows
     while not wake.wait(settings.logging.progress_interval):
-        stats = publisher.stats
-        log.info(
-            "streamer.progress",
-            rows_read=rows.stats.rows_read,
-            rows_rejected=rows.stats.rows_rejected,
-            batches_published=stats.batches,
-            rows_published=stats.rows,
-        )
+        _log_progress(plan, publisher.stats)
 
     reason: StopReason
     if outcome.finished:
@@ -245,27 +293,68 @@ def run_streamer(
         reason = "signal"
         log.info("streamer.stopping", timeout_s=settings.shutdown.timeout, in_flight=publisher.in_flight)
     _shut_down(subscription.dispose, publisher, scheduler, settings.shutdown.timeout)
-
-    stats = publisher.stats
-    summary = RunSummary(
-        reason=reason,
-        rows_read=rows.stats.rows_read,
-        rows_rejected=rows.stats.rows_rejected,
-        batches_published=stats.batches,
-        rows_published=stats.rows,
-        duplicates=stats.duplicates,
-        duration_s=round(time.monotonic() - started, 3),
-        error=str(outcome.error) if outcome.error is not None else None,
+    plan.reporter.flush()
+    if plan.quarantine is not None:
+        plan.quarantine.close()
+    summary = _summary(
+        reason,
+        plan=plan,
+        published=publisher.stats,
+        counters=counters,
+        duration=time.monotonic() - started,
+        error=outcome.error,
     )
+    _log_summary(summary, plan)
+    return summary
+
+
+def _log_progress(plan: _Plan, published: PublishStats) -> None:
+    plan.reporter.flush()
+    log.info(
+        "streamer.progress",
+        rows_read=plan.rows.stats.rows_read,
+        rows_rejected=plan.rows.stats.rows_rejected,
+        batches_published=published.batches,
+        rows_published=published.rows,
+    )
+
+
+def _summary(
+    reason: StopReason,
+    *,
+    plan: _Plan,
+    published: PublishStats,
+    counters: PipelineCounters,
+    duration: float,
+    error: BaseException | None,
+) -> RunSummary:
+    source = plan.rows.stats
+    return RunSummary(
+        reason=reason,
+        rows_read=source.rows_read,
+        rows_rejected=source.rows_rejected,
+        rows_filtered=source.rows_read - source.rows_rejected - counters.rows_batched,
+        rows_in_flight=counters.rows_batched - published.rows,
+        batches_published=published.batches,
+        rows_published=published.rows,
+        duplicates=published.duplicates,
+        rejected_by_reason=dict(source.rejected_by_reason),
+        duration_s=round(duration, 3),
+        error=str(error) if error is not None else None,
+    )
+
+
+def _log_summary(summary: RunSummary, plan: _Plan) -> None:
     fields = asdict(summary)
     if plan.checkpointer is not None and plan.checkpointer.last is not None:
         fields["checkpoint_sequence"] = plan.checkpointer.last.sequence
+    if plan.quarantine is not None:
+        fields["quarantined"] = plan.quarantine.written
     if summary.error is None:
         del fields["error"]
         log.info("streamer.stopped", **fields)
     else:
         log.error("streamer.stopped", **fields)
-    return summary
 
 
 def _shut_down(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from rxstreamer.checkpoint import (
     write_checkpoint,
 )
 from rxstreamer.model import Position, PublishAck
+from rxstreamer.source import SourceStats
 
 FILE = FileIdentity(size=10_000, fingerprint="ab" * 32)
 
@@ -102,7 +104,7 @@ def test_resuming_continues_after_the_last_acknowledged_batch(tmp_path: Path) ->
         checkpoint(), file=FILE, producer_id="host:metrics.csv:abab:b10", batch_size=10, start_over=False,
         checkpoint_path=tmp_path / "c",
     )  # fmt: skip
-    assert (plan.start, plan.first_sequence, plan.rows_published_before) == (Position(4_000, 71, 0), 8, 70)
+    assert (plan.start, plan.first_sequence, plan.before) == (Position(4_000, 71, 0), 8, BASE)
 
 
 def test_a_checkpoint_for_another_file_is_refused_unless_starting_over(tmp_path: Path) -> None:
@@ -122,11 +124,16 @@ def test_a_checkpoint_for_another_file_is_refused_unless_starting_over(tmp_path:
 
 
 def test_the_checkpointer_records_each_acknowledged_batch(tmp_path: Path) -> None:
-    """After each ack the file holds that batch's sequence and the position after it; totals accumulate."""
+    """After each ack the file holds that batch's sequence, the position after it, and totals including earlier runs."""
     path = tmp_path / "stream.checkpoint"
-    record = Checkpointer(path, producer_id="p", batch_size=10, file=FILE, rows_published_before=30)
+    stats = SourceStats()
+    earlier = replace(BASE, rows_published=30, rows_read=33, rows_rejected=3)
+    record = Checkpointer(path, producer_id="p", batch_size=10, file=FILE, source_stats=stats, before=earlier)
+    stats.rows_read, stats.rows_rejected = 10, 0
     record(PublishAck(4, 3, False, 10, Position(500, 41, 0)))
-    record(PublishAck(5, 4, True, 10, Position(620, 51, 0)))
+    stats.rows_read, stats.rows_rejected = 21, 1
+    record(PublishAck(5, 4, True, 10, Position(620, 52, 0)))
     saved = read_checkpoint(path)
     assert saved is not None
-    assert (saved.sequence, saved.position, saved.rows_published) == (5, Position(620, 51, 0), 50)
+    assert (saved.sequence, saved.position) == (5, Position(620, 52, 0))
+    assert (saved.rows_published, saved.rows_read, saved.rows_rejected) == (50, 54, 4)

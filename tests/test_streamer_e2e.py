@@ -127,6 +127,7 @@ def test_sigterm_mid_run_exits_0_with_the_published_count_equal_to_what_the_queu
         held = read_topic(broker.address)
         assert 50 <= summary["rows_published"] < 960
         assert summary["rows_published"] == len(held)
+        assert summary["rows_read"] == summary["rows_published"] + summary["rows_in_flight"]  # nothing unaccounted
 
 
 def test_a_non_retryable_answer_stops_the_stream_with_an_error() -> None:
@@ -150,14 +151,46 @@ def test_malformed_rows_are_reported_and_every_good_row_is_published(tmp_path: P
     bad.append('"2025-07-18T20:00:00Z","DCGM_FI_DEV_GPU_UTIL","0"')  # line 7: 3 fields
     path = tmp_path / "bad.csv"
     path.write_text("\n".join(bad) + "\n")
+    quarantine = tmp_path / "rejected.csv"
     with broker_process() as broker:
-        finished = run_streamer("--metrics-path", str(path), "--mq-address", broker.address, "--interval", "0")
+        finished = run_streamer(
+            "--metrics-path", str(path), "--mq-address", broker.address, "--interval", "0",
+            "--rejected-path", str(quarantine),
+        )  # fmt: skip
         assert finished.returncode == 0, finished.stderr
         rejected = [(line["line"], line["reason"]) for line in finished.lines if line["event"] == "row.rejected"]
         assert rejected == [(3, "missing_metric_name"), (5, "value_not_numeric"), (7, "field_count")]
         summary = finished.summary
         assert (summary["rows_read"], summary["rows_rejected"], summary["rows_published"]) == (6, 3, 3)
+        assert (summary["rows_filtered"], summary["rows_in_flight"]) == (0, 0)
+        assert summary["rejected_by_reason"] == {"missing_metric_name": 1, "value_not_numeric": 1, "field_count": 1}
+        assert summary["quarantined"] == 3
         assert len(read_topic(broker.address)) == 3
+    with quarantine.open(newline="") as handle:
+        quarantined = list(csv.DictReader(handle))
+    assert [(row["line"], row["reason"]) for row in quarantined] == [
+        ("3", "missing_metric_name"), ("5", "value_not_numeric"), ("7", "field_count"),
+    ]  # fmt: skip
+    assert [row["raw"] for row in quarantined] == [bad[2], bad[4], bad[6]]
+
+
+def test_rows_dropped_by_a_transform_are_accounted_as_filtered(tmp_path: Path) -> None:
+    """A transform loaded from settings runs in the service; the rows it drops show up as rows_filtered."""
+    (tmp_path / "keep_power.py").write_text(
+        "from reactivex import operators as ops\n\n"
+        "def only_power():\n"
+        "    return ops.filter(lambda row: row.metric_name == 'DCGM_FI_DEV_POWER_USAGE')\n"
+    )
+    settings = {"RXSTREAMER_TELEMETRY__TRANSFORMS": '["keep_power:only_power"]', "PYTHONPATH": str(tmp_path)}
+    with broker_process() as broker:
+        finished = run_streamer(
+            "--mq-address", broker.address, "--interval", "0", "--batch-size", "25", settings=settings
+        )
+        assert finished.returncode == 0, finished.stderr
+        summary = finished.summary
+        assert (summary["rows_read"], summary["rows_published"], summary["rows_filtered"]) == (960, 96, 864)
+        assert summary["rows_in_flight"] == 0
+        assert {metric["metric_name"] for metric in read_topic(broker.address)} == {"DCGM_FI_DEV_POWER_USAGE"}
 
 
 @pytest.mark.parametrize(
