@@ -51,6 +51,7 @@ __all__ = [
 ENV_PREFIX: Final = "RXSTREAMER_"
 ENV_NESTING: Final = "__"
 MAX_BATCH_SIZE: Final = 1_000_000
+MAX_READ_AHEAD: Final = 16
 
 TimestampMode = Literal["original", "processing"]
 LogFormat = Literal["json", "console", "auto"]
@@ -86,6 +87,7 @@ class TelemetrySettings:
     rejected_path: Path | None  # None: rejected rows are only logged
     max_field_size: int  # bytes; a longer field (or a line without a newline) is rejected
     dcgm_sentinels: SentinelMode
+    read_ahead: int  # batches read while the previous one is being published
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,7 @@ _SCHEMA: Final[dict[str, dict[str, Kind]]] = {
         "rejected_path": "optional_path",
         "max_field_size": "size",
         "dcgm_sentinels": "str",
+        "read_ahead": "int",
     },
     "message_queue": {
         "address": "str",
@@ -474,6 +477,7 @@ def _build(data: Mapping[str, Any]) -> Settings:
             rejected_path=_optional_path("telemetry.rejected_path", telemetry),
             max_field_size=_size("telemetry.max_field_size", telemetry),
             dcgm_sentinels=cast(SentinelMode, _choice("telemetry.dcgm_sentinels", telemetry, SENTINEL_MODES)),
+            read_ahead=_integer("telemetry.read_ahead", telemetry, minimum=0, maximum=MAX_READ_AHEAD),
         ),
         message_queue=MessageQueueSettings(
             address=_host_port("message_queue.address", message_queue, min_port=1),

@@ -9,6 +9,7 @@ whatever the size of the file, and a tick never fires while the previous batch i
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from datetime import datetime, timedelta
@@ -88,18 +89,23 @@ def pace(
     interval: float,
     then: Callable[[Observable[_B]], Observable[_A]],
     *,
+    read_ahead: int = 0,
     scheduler: abc.SchedulerBase | None = None,
 ) -> Observable[_A]:
     """A timer that pulls one item per tick and hands it to ``then``; the next tick waits for ``then``.
 
     Ticks are due at absolute times (start + k·interval), so pacing does not drift; the first is due at
-    subscription. When ``then`` (a publish) is still running at the next due time, the tick waits for it:
-    nothing is read ahead and nothing queues. When ``then`` is late by more than a whole interval (the
-    queue stalled), the schedule restarts from that moment instead of bursting to catch up. An interval of
-    0 pulls the next item as soon as ``then`` completes. Disposing stops the ticks; the item already handed
-    to ``then`` is left to finish by itself.
+    subscription. When ``then`` (a publish) is still running at the next due time, the tick waits for it,
+    so nothing queues. When ``then`` is late by more than a whole interval (the queue stalled), the schedule
+    restarts from that moment instead of bursting to catch up. An interval of 0 hands over the next item as
+    soon as ``then`` completes. Disposing stops the ticks; the item already handed to ``then`` is left to
+    finish by itself.
 
-    Marble, interval of 2 units, with ``then`` taking 3 units for ``b``::
+    ``read_ahead`` items (at most) are pulled while ``then`` runs, so that reading the next batch overlaps
+    with publishing the current one instead of following it. With 0, an item is read only once the
+    previous one's ``then`` completed. Either way memory holds a bounded number of items.
+
+    Marble, interval of 2 units, no read-ahead, with ``then`` taking 3 units for ``b``::
 
         items:   a b c|
         then(a): a|
@@ -107,16 +113,19 @@ def pace(
         then(c):        c|
         result:  a----b-c|
     """
+    if read_ahead < 0:
+        raise ValueError(f"read_ahead must be >= 0, got {read_ahead}")
 
     def subscribe(observer: abc.ObserverBase[_A], scheduler_: abc.SchedulerBase | None = None) -> abc.DisposableBase:
-        pacer = _Pacer(iter(items), interval, then, observer, scheduler or scheduler_ or TimeoutScheduler.singleton())
+        clock = scheduler or scheduler_ or TimeoutScheduler.singleton()
+        pacer = _Pacer(iter(items), interval, then, observer, scheduler=clock, read_ahead=read_ahead)
         return pacer.start()
 
     return Observable(subscribe)
 
 
 class _Pacer(Generic[_B, _A]):
-    """The state of one subscription to ``pace``: what was pulled, when the next tick is due."""
+    """The state of one subscription to ``pace``: what was read, what was handed over, when the next tick is due."""
 
     def __init__(
         self,
@@ -124,50 +133,91 @@ class _Pacer(Generic[_B, _A]):
         interval: float,
         then: Callable[[Observable[_B]], Observable[_A]],
         observer: abc.ObserverBase[_A],
+        *,
         scheduler: abc.SchedulerBase,
+        read_ahead: int,
     ) -> None:
         self._source = source
         self._period = timedelta(seconds=interval)
         self._then = then
         self._observer = observer
         self._scheduler = scheduler
+        self._read_ahead = read_ahead
+        self._ready: deque[_B] = deque()  # read ahead, not yet handed to ``then``
+        self._exhausted = False
+        self._read_error: Exception | None = None
         self._anchor: datetime = scheduler.now
-        self._pulled = 0
+        self._handed_over = 0
         self._stopped = False
         self._next_tick = SerialDisposable()
         self._current = SerialDisposable()
+        # A publish may complete on another thread, or synchronously inside the tick, while the tick is
+        # still reading ahead: the lock keeps the source read by one thread at a time.
+        self._lock = threading.RLock()
 
     def start(self) -> abc.DisposableBase:
         self._next_tick.disposable = self._scheduler.schedule(self._tick)
         return CompositeDisposable(self._next_tick, self._current, Disposable(self._dispose))
 
     def _tick(self, _: abc.SchedulerBase, __: Any = None) -> None:
+        with self._lock:
+            self._hand_over_next()
+
+    def _hand_over_next(self) -> None:
         if self._stopped:
             return
-        try:
-            item = next(self._source)
-        except StopIteration:
-            self._stopped = True
-            self._observer.on_completed()
-            return
-        except Exception as error:
-            self._fail(error)
-            return
+        if not self._ready:
+            self._read_one()
         if self._stopped:  # disposed while reading: drop the item unpublished and release the file
             self._close_source()
             return
-        self._pulled += 1
-        self._current.disposable = self._then(reactivex.just(item)).subscribe(
-            self._observer.on_next, self._fail, self._schedule_next_tick
+        if not self._ready:
+            self._finish()
+            return
+        self._handed_over += 1
+        self._current.disposable = self._then(reactivex.just(self._ready.popleft())).subscribe(
+            self._observer.on_next, self._fail, self._then_completed
         )
+        while len(self._ready) < self._read_ahead and self._read_one():
+            pass  # the publish is on its way: read the next batch meanwhile
+
+    def _read_one(self) -> bool:
+        """Pull the next item into ``_ready``; False at the end of the items or on an error (kept for later)."""
+        if self._exhausted or self._read_error is not None or self._stopped:
+            return False
+        try:
+            self._ready.append(next(self._source))
+        except StopIteration:
+            self._exhausted = True
+            return False
+        except Exception as error:
+            self._read_error = error
+            return False
+        return True
+
+    def _finish(self) -> None:
+        """Nothing more to hand over: complete, or report the read error after everything before it."""
+        self._stopped = True
+        if self._read_error is not None:
+            self._close_source()
+            self._observer.on_error(self._read_error)
+        else:
+            self._observer.on_completed()
+
+    def _then_completed(self) -> None:
+        with self._lock:
+            self._schedule_next_tick()
 
     def _schedule_next_tick(self) -> None:
         if self._stopped:
             return
+        if not self._ready and (self._exhausted or self._read_error is not None):
+            self._finish()  # known already: no need to wait for another tick
+            return
         now = self._scheduler.now
-        due = self._anchor + self._period * self._pulled
+        due = self._anchor + self._period * self._handed_over
         if now - due > self._period:
-            self._anchor = now - self._period * self._pulled
+            self._anchor = now - self._period * self._handed_over
             due = now
         self._next_tick.disposable = self._scheduler.schedule_absolute(due, self._tick)
 
@@ -178,7 +228,9 @@ class _Pacer(Generic[_B, _A]):
 
     def _dispose(self) -> None:
         self._stopped = True
-        self._close_source()
+        with self._lock:
+            self._ready.clear()
+            self._close_source()
 
     def _close_source(self) -> None:
         close = getattr(self._source, "close", None)

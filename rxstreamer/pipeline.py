@@ -49,6 +49,7 @@ def build_pipeline(
     batch_size: int,
     interval: float,
     retry: RetryPolicy,
+    read_ahead: int = 1,
     transforms: Sequence[Operator] = (),
     scheduler: abc.SchedulerBase | None = None,
     on_retry: RetryListener | None = None,
@@ -57,7 +58,8 @@ def build_pipeline(
 ) -> Observable[PublishAck]:
     """The whole streamer as one cold observable of acknowledgements; subscribing starts it.
 
-    Each subscription reads ``rows`` afresh; disposing it stops the ticks and releases the file.
+    Each subscription reads ``rows`` afresh; disposing it stops the ticks and releases the file. Up to
+    ``read_ahead`` batches are read while one is being published (0: read only after the acknowledgement).
     ``on_ack`` runs inside the stream for each acknowledgement (a checkpoint, say): if it raises, the
     stream ends with that error rather than going on without it.
     """
@@ -72,7 +74,7 @@ def build_pipeline(
         acks = batches.pipe(ops.map(encode), publish)
         return acks.pipe(ops.do_action(on_ack)) if on_ack is not None else acks
 
-    return pace(batches, interval, encode_and_publish, scheduler=scheduler)
+    return pace(batches, interval, encode_and_publish, read_ahead=read_ahead, scheduler=scheduler)
 
 
 def with_positions(

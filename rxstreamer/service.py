@@ -274,6 +274,7 @@ def run_streamer(
         batch_size=telemetry.batch_size,
         interval=telemetry.stream_interval,
         retry=retry,
+        read_ahead=telemetry.read_ahead,
         transforms=plan.transforms,
         scheduler=scheduler,
         on_retry=_log_retry,

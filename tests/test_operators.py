@@ -169,6 +169,35 @@ def test_pace_with_zero_interval_pulls_as_soon_as_the_publish_completes() -> Non
     assert results.messages == [on_next(204, 0), on_next(208, 1), on_next(212, 2), on_completed(212)]
 
 
+def test_pace_reads_one_item_ahead_while_publishing_and_never_more() -> None:
+    """With read_ahead=1 the next row is read as the publish starts; a slow publisher still gets no queue."""
+    scheduler = TestScheduler()
+    rows = CountingRows(3, scheduler)
+    results = scheduler.start(lambda: pace(rows, 10.0, after(25, scheduler), read_ahead=1, scheduler=scheduler))
+    assert rows.read_at == [200, 200, 225]
+    assert results.messages == [on_next(225, 0), on_next(250, 1), on_next(275, 2), on_completed(275)]
+
+
+def test_pace_with_read_ahead_completes_with_the_last_publish() -> None:
+    """Having read ahead, it knows the end when the last publish completes and needs no further tick."""
+    scheduler = TestScheduler()
+    rows = CountingRows(2, scheduler)
+    results = scheduler.start(lambda: pace(rows, 10.0, after(1, scheduler), read_ahead=1, scheduler=scheduler))
+    assert results.messages == [on_next(201, 0), on_next(211, 1), on_completed(211)]
+
+
+def test_a_read_error_found_ahead_is_reported_after_the_publish_in_flight() -> None:
+    """The batch already handed over is still acknowledged first; then the stream ends with the read error."""
+
+    def rows() -> Iterator[int]:
+        yield 1
+        raise OSError("disk gone")
+
+    scheduler = TestScheduler()
+    results = scheduler.start(lambda: pace(rows(), 10.0, after(3, scheduler), read_ahead=1, scheduler=scheduler))
+    assert results.messages == [on_next(203, 1), on_error(203, "disk gone")]
+
+
 def test_pace_stops_at_a_source_error() -> None:
     """An exception while reading ends the stream with on_error at that tick."""
 
