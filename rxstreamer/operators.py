@@ -267,36 +267,80 @@ def publish_with_retry(
     def with_retries(item: _T) -> Observable[_A]:
         def attempts(subscribed_on: abc.SchedulerBase | None) -> Observable[_A]:
             clock = scheduler or subscribed_on or TimeoutScheduler.singleton()
-            return reactivex.catch_with_iterable(_attempts_of(item, clock))
+            chain = _Attempts(
+                item, publish, policy, clock=clock, scheduler=scheduler, on_retry=on_retry, uniform=uniform
+            )
+            return chain.observable()
 
         return reactivex.defer(attempts)
 
-    def _attempts_of(item: _T, clock: abc.SchedulerBase) -> Generator[Observable[_A], None, None]:
+    return ops.concat_map(with_retries)
+
+
+class _Attempts(Generic[_T, _A]):
+    """The attempts to publish one item: the first, then retries for as long as the policy allows.
+
+    RxPY's ``catch_with_iterable`` keeps its subscriptions in a reference cycle, which only the cyclic
+    garbage collector frees, and that may take many batches. The item (a batch, hundreds of kilobytes) is
+    therefore held here and dropped as soon as the attempts end, so a cycle keeps nothing heavy alive.
+    """
+
+    def __init__(
+        self,
+        item: _T,
+        publish: Callable[[_T], Observable[_A]],
+        policy: RetryPolicy,
+        *,
+        clock: abc.SchedulerBase,
+        scheduler: abc.SchedulerBase | None,
+        on_retry: Callable[[_T, int, float, BaseException], None] | None,
+        uniform: Callable[[], float] | None,
+    ) -> None:
+        self._item: _T | None = item
+        self._publish = publish
+        self._policy = policy
+        self._clock = clock
+        self._scheduler = scheduler
+        self._on_retry = on_retry
+        self._uniform = uniform
+        self._failures: list[BaseException] = []
+
+    def observable(self) -> Observable[_A]:
+        return reactivex.catch_with_iterable(self._attempts()).pipe(ops.finally_action(self._release))
+
+    def _release(self) -> None:
+        self._item = None
+        self._failures.clear()
+
+    def _publish_item(self, _: object = None) -> Observable[_A]:
+        if self._item is None:
+            return reactivex.empty()  # released: the subscription ended while this attempt was due
+        return self._publish(self._item)
+
+    def _attempts(self) -> Generator[Observable[_A], None, None]:
         # catch_with_iterable subscribes to the next attempt when the previous one fails, and gives up
         # with the last error when this generator returns: so the policy decides here, between attempts.
-        failures: list[BaseException] = []
-        started = clock.now
+        policy = self._policy
+        started = self._clock.now
         attempts_made = 0
         while True:
             if attempts_made == 0:
-                attempt = reactivex.defer(lambda _: publish(item))
+                attempt = reactivex.defer(self._publish_item)
             else:
-                error = failures[-1]
+                error = self._failures[-1]
                 if not policy.retryable(error):
                     return  # the stream ends with this error as it is
-                elapsed = (clock.now - started).total_seconds()
+                elapsed = (self._clock.now - started).total_seconds()
                 if policy.exhausted(attempts_made, elapsed):
                     assert isinstance(error, PublishError)
                     yield reactivex.throw(RetriesExhaustedError(error, attempts_made, elapsed))
                     return
-                wait = policy.wait_before_retry(error, attempts_made, uniform)
+                wait = policy.wait_before_retry(error, attempts_made, self._uniform)
                 if policy.max_retry_time:
                     wait = min(wait, policy.max_retry_time - elapsed)  # the last try comes at the deadline
-                if on_retry is not None:
-                    on_retry(item, attempts_made + 1, wait, error)
-                backoff = reactivex.timer(wait, scheduler=scheduler)
-                attempt = backoff.pipe(ops.flat_map(lambda _: publish(item)))
+                if self._on_retry is not None and self._item is not None:
+                    self._on_retry(self._item, attempts_made + 1, wait, error)
+                backoff = reactivex.timer(wait, scheduler=self._scheduler)
+                attempt = backoff.pipe(ops.flat_map(self._publish_item))
             attempts_made += 1
-            yield attempt.pipe(ops.do_action(on_error=failures.append))
-
-    return ops.concat_map(with_retries)
+            yield attempt.pipe(ops.do_action(on_error=self._failures.append))
