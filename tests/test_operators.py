@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -411,3 +413,31 @@ def test_disposing_during_a_backoff_cancels_the_retry() -> None:
     )
     assert publisher.attempts == 1
     assert publisher.batches == []
+
+
+def test_a_finished_publish_keeps_no_reference_to_its_batch() -> None:
+    """Once acknowledged, a batch is freed at once, not left to the cyclic GC inside RxPY's retry machinery."""
+
+    class Heavy:
+        """Stands in for an encoded batch of hundreds of kilobytes."""
+
+    scheduler = TestScheduler()
+    publisher = InMemoryPublisher(failures=[PublishError("UNAVAILABLE", "down")], scheduler=scheduler)
+    made: list[weakref.ref[Heavy]] = []
+
+    def encode(_: int) -> Heavy:
+        heavy = Heavy()
+        made.append(weakref.ref(heavy))
+        return heavy
+
+    def publish(heavy: Heavy) -> Observable[PublishAck]:
+        return publisher.publish(EncodedBatch("p", 1, b"", "text/plain", 1))
+
+    retrying = publish_with_retry(publish, POLICY, scheduler=scheduler, uniform=always_full_jitter)
+    gc.disable()  # only reference counting frees anything now
+    try:
+        scheduler.start(lambda: reactivex.just(1).pipe(ops.map(encode), retrying))
+        assert publisher.batches  # published, after one retry
+        assert made[0]() is None
+    finally:
+        gc.enable()
