@@ -15,10 +15,9 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
-import reactivex
 from reactivex import Observable, abc
 from reactivex import operators as ops
-from reactivex.disposable import CompositeDisposable, Disposable, SerialDisposable
+from reactivex.disposable import CompositeDisposable, Disposable, SerialDisposable, SingleAssignmentDisposable
 from reactivex.scheduler import TimeoutScheduler
 from reactivex.subject import Subject
 
@@ -87,12 +86,14 @@ def pull_through(rows: Iterable[Any], *operators: Operator) -> PullThrough[Any]:
 def pace(
     items: Iterable[_B],
     interval: float,
-    then: Callable[[Observable[_B]], Observable[_A]],
+    then: Callable[[_B], Observable[_A]],
     *,
     read_ahead: int = 0,
     scheduler: abc.SchedulerBase | None = None,
 ) -> Observable[_A]:
     """A timer that pulls one item per tick and hands it to ``then``; the next tick waits for ``then``.
+
+    ``then`` maps an item to the observable of its work (a publish), as ``concat_map``'s mapper does.
 
     Ticks are due at absolute times (start + k·interval), so pacing does not drift; the first is due at
     subscription. When ``then`` (a publish) is still running at the next due time, the tick waits for it,
@@ -131,7 +132,7 @@ class _Pacer(Generic[_B, _A]):
         self,
         source: Iterator[_B],
         interval: float,
-        then: Callable[[Observable[_B]], Observable[_A]],
+        then: Callable[[_B], Observable[_A]],
         observer: abc.ObserverBase[_A],
         *,
         scheduler: abc.SchedulerBase,
@@ -175,7 +176,7 @@ class _Pacer(Generic[_B, _A]):
             self._finish()
             return
         self._handed_over += 1
-        self._current.disposable = self._then(reactivex.just(self._ready.popleft())).subscribe(
+        self._current.disposable = self._then(self._ready.popleft()).subscribe(
             self._observer.on_next, self._fail, self._then_completed
         )
         while len(self._ready) < self._read_ahead and self._read_one():
@@ -251,10 +252,8 @@ def publish_with_retry(
     """Publish each item in order, retrying only the failed publish, never the stream above it.
 
     ``retry`` placed around a pipeline resubscribes to everything upstream, and upstream is the file:
-    rows would be read and published twice. Here each item gets its own chain of attempts. A failure the
-    policy deems retryable is retried after a backoff timed on ``scheduler``; any other failure ends the
-    stream with that error, and running out of attempts or retry time ends it with
-    ``RetriesExhaustedError``. ``on_retry(item, attempt, wait, error)`` is told before each wait, for logging.
+    rows would be read and published twice. Here each item gets its own chain of attempts (see
+    ``retrying``), and items are published one after the other.
 
     Marble, with the first publish of ``a`` failing with UNAVAILABLE and a backoff of 2 units::
 
@@ -263,26 +262,43 @@ def publish_with_retry(
                    --a|
         result:  --a---b|
     """
+    return ops.concat_map(retrying(publish, policy, scheduler=scheduler, on_retry=on_retry, uniform=uniform))
 
-    def with_retries(item: _T) -> Observable[_A]:
-        def attempts(subscribed_on: abc.SchedulerBase | None) -> Observable[_A]:
-            clock = scheduler or subscribed_on or TimeoutScheduler.singleton()
-            chain = _Attempts(
-                item, publish, policy, clock=clock, scheduler=scheduler, on_retry=on_retry, uniform=uniform
-            )
-            return chain.observable()
 
-        return reactivex.defer(attempts)
+def retrying(
+    publish: Callable[[_T], Observable[_A]],
+    policy: RetryPolicy,
+    *,
+    scheduler: abc.SchedulerBase | None = None,
+    on_retry: Callable[[_T, int, float, BaseException], None] | None = None,
+    uniform: Callable[[], float] | None = None,
+) -> Callable[[_T], Observable[_A]]:
+    """For one item, an observable that publishes it and retries as ``policy`` allows.
 
-    return ops.concat_map(with_retries)
+    A failure the policy deems retryable is retried after a backoff timed on ``scheduler`` (by default the
+    scheduler it is subscribed on); any other failure ends it with that error, and running out of attempts
+    or retry time ends it with ``RetriesExhaustedError``. ``on_retry(item, attempt, wait, error)`` is told
+    before each wait, for logging. Disposing it cancels a pending retry, never an attempt already running.
+    """
+
+    def attempts(item: _T) -> Observable[_A]:
+        def subscribe(
+            observer: abc.ObserverBase[_A], scheduler_: abc.SchedulerBase | None = None
+        ) -> abc.DisposableBase:
+            clock = scheduler or scheduler_ or TimeoutScheduler.singleton()
+            return _Attempts(item, publish, policy, observer, clock=clock, on_retry=on_retry, uniform=uniform).start()
+
+        return Observable(subscribe)
+
+    return attempts
 
 
 class _Attempts(Generic[_T, _A]):
     """The attempts to publish one item: the first, then retries for as long as the policy allows.
 
-    RxPY's ``catch_with_iterable`` keeps its subscriptions in a reference cycle, which only the cyclic
-    garbage collector frees, and that may take many batches. The item (a batch, hundreds of kilobytes) is
-    therefore held here and dropped as soon as the attempts end, so a cycle keeps nothing heavy alive.
+    Written out rather than composed from ``catch`` and ``timer``: it runs once per batch, so its cost
+    counts, and it holds the item (a batch, hundreds of kilobytes) only until the attempts end, so nothing
+    heavy waits in a reference cycle for the garbage collector.
     """
 
     def __init__(
@@ -290,57 +306,62 @@ class _Attempts(Generic[_T, _A]):
         item: _T,
         publish: Callable[[_T], Observable[_A]],
         policy: RetryPolicy,
+        observer: abc.ObserverBase[_A],
         *,
         clock: abc.SchedulerBase,
-        scheduler: abc.SchedulerBase | None,
         on_retry: Callable[[_T, int, float, BaseException], None] | None,
         uniform: Callable[[], float] | None,
     ) -> None:
         self._item: _T | None = item
         self._publish = publish
         self._policy = policy
+        self._observer = observer
         self._clock = clock
-        self._scheduler = scheduler
         self._on_retry = on_retry
         self._uniform = uniform
-        self._failures: list[BaseException] = []
+        self._started = clock.now
+        self._attempts_made = 0
+        self._current = SerialDisposable()
 
-    def observable(self) -> Observable[_A]:
-        return reactivex.catch_with_iterable(self._attempts()).pipe(ops.finally_action(self._release))
+    def start(self) -> abc.DisposableBase:
+        self._attempt()
+        return CompositeDisposable(self._current, Disposable(self._release))
+
+    def _attempt(self, _: abc.SchedulerBase | None = None, __: Any = None) -> None:
+        item = self._item
+        if item is None:
+            return  # disposed while the retry was due
+        self._attempts_made += 1
+        attempt = SingleAssignmentDisposable()
+        self._current.disposable = attempt  # before subscribing: the attempt may fail synchronously
+        attempt.disposable = self._publish(item).subscribe(self._observer.on_next, self._failed, self._completed)
+
+    def _completed(self) -> None:
+        self._release()
+        self._observer.on_completed()
+
+    def _failed(self, error: Exception) -> None:
+        policy, item = self._policy, self._item
+        if item is None:
+            return
+        if not policy.retryable(error):
+            self._give_up(error)
+            return
+        elapsed = (self._clock.now - self._started).total_seconds()
+        if policy.exhausted(self._attempts_made, elapsed):
+            assert isinstance(error, PublishError)
+            self._give_up(RetriesExhaustedError(error, self._attempts_made, elapsed))
+            return
+        wait = policy.wait_before_retry(error, self._attempts_made, self._uniform)
+        if policy.max_retry_time:
+            wait = min(wait, policy.max_retry_time - elapsed)  # the last try comes at the deadline
+        if self._on_retry is not None:
+            self._on_retry(item, self._attempts_made + 1, wait, error)
+        self._current.disposable = self._clock.schedule_relative(wait, self._attempt)
+
+    def _give_up(self, error: Exception) -> None:
+        self._release()
+        self._observer.on_error(error)
 
     def _release(self) -> None:
         self._item = None
-        self._failures.clear()
-
-    def _publish_item(self, _: object = None) -> Observable[_A]:
-        if self._item is None:
-            return reactivex.empty()  # released: the subscription ended while this attempt was due
-        return self._publish(self._item)
-
-    def _attempts(self) -> Generator[Observable[_A], None, None]:
-        # catch_with_iterable subscribes to the next attempt when the previous one fails, and gives up
-        # with the last error when this generator returns: so the policy decides here, between attempts.
-        policy = self._policy
-        started = self._clock.now
-        attempts_made = 0
-        while True:
-            if attempts_made == 0:
-                attempt = reactivex.defer(self._publish_item)
-            else:
-                error = self._failures[-1]
-                if not policy.retryable(error):
-                    return  # the stream ends with this error as it is
-                elapsed = (self._clock.now - started).total_seconds()
-                if policy.exhausted(attempts_made, elapsed):
-                    assert isinstance(error, PublishError)
-                    yield reactivex.throw(RetriesExhaustedError(error, attempts_made, elapsed))
-                    return
-                wait = policy.wait_before_retry(error, attempts_made, self._uniform)
-                if policy.max_retry_time:
-                    wait = min(wait, policy.max_retry_time - elapsed)  # the last try comes at the deadline
-                if self._on_retry is not None and self._item is not None:
-                    self._on_retry(self._item, attempts_made + 1, wait, error)
-                backoff = reactivex.timer(wait, scheduler=self._scheduler)
-                attempt = backoff.pipe(ops.flat_map(self._publish_item))
-            attempts_made += 1
-            yield attempt.pipe(ops.do_action(on_error=self._failures.append))

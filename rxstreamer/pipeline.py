@@ -17,7 +17,7 @@ from reactivex import operators as ops
 
 from rxstreamer.encoding import BatchEncoder
 from rxstreamer.model import EncodedBatch, MetricRow, Position, PublishAck
-from rxstreamer.operators import Operator, pace, publish_with_retry, pull_through
+from rxstreamer.operators import Operator, pace, pull_through, retrying
 from rxstreamer.publisher import Publisher
 from rxstreamer.retry import RetryPolicy
 
@@ -64,14 +64,11 @@ def build_pipeline(
     stream ends with that error rather than going on without it.
     """
     batches = with_positions(pull_through(rows, *transforms, ops.buffer_with_count(batch_size)), rows, counters)
-    publish = publish_with_retry(publisher.publish, retry, scheduler=scheduler, on_retry=on_retry)
+    publish = retrying(publisher.publish, retry, scheduler=scheduler, on_retry=on_retry)
 
-    def encode(batch: Batch) -> EncodedBatch:
+    def encode_and_publish(batch: Batch) -> Observable[PublishAck]:
         batch_rows, position = batch
-        return encoder(batch_rows, position)
-
-    def encode_and_publish(batches: Observable[Batch]) -> Observable[PublishAck]:
-        acks = batches.pipe(ops.map(encode), publish)
+        acks = publish(encoder(batch_rows, position))
         return acks.pipe(ops.do_action(on_ack)) if on_ack is not None else acks
 
     return pace(batches, interval, encode_and_publish, read_ahead=read_ahead, scheduler=scheduler)

@@ -45,21 +45,22 @@ class CountingRows:
             self.closed = True
 
 
-def after(delay: float, scheduler: TestScheduler) -> Callable[[Observable[int]], Observable[int]]:
+def after(delay: float, scheduler: TestScheduler) -> Callable[[int], Observable[int]]:
     """A stand-in for a publish that takes ``delay`` units and then emits its item."""
     return delays(iter([delay] * 1000), scheduler)
 
 
-def delays(each: Iterator[float], scheduler: TestScheduler) -> Callable[[Observable[int]], Observable[int]]:
+def delays(each: Iterator[float], scheduler: TestScheduler) -> Callable[[int], Observable[int]]:
     """A stand-in for publishes taking successive ``each`` units, each then emitting its item."""
 
     def publish(item: int) -> Observable[int]:
         return reactivex.timer(next(each), scheduler=scheduler).pipe(ops.map(lambda _: item))
 
-    return ops.flat_map(publish)
+    return publish
 
 
-TO_TEXT: Callable[[Observable[int]], Observable[str]] = ops.map(str)
+def as_text(item: int) -> Observable[str]:
+    return reactivex.just(str(item))
 
 
 # --- pull_through -------------------------------------------------------------------------------------
@@ -121,7 +122,7 @@ def test_pace_sends_the_first_batch_at_once_then_one_per_interval() -> None:
     """Pulls come at subscription, then every interval; the tick that finds the end completes."""
     scheduler = TestScheduler()
     rows = CountingRows(3, scheduler)
-    results = scheduler.start(lambda: pace(rows, 10.0, TO_TEXT, scheduler=scheduler))
+    results = scheduler.start(lambda: pace(rows, 10.0, as_text, scheduler=scheduler))
     assert results.messages == [on_next(200, "0"), on_next(210, "1"), on_next(220, "2"), on_completed(230)]
     assert rows.read_at == [200, 210, 220]
     assert rows.closed
@@ -131,7 +132,7 @@ def test_pace_does_not_drift_over_many_ticks() -> None:
     """The 300th pull is due at exactly start + 299 intervals: deadlines are absolute."""
     scheduler = TestScheduler()
     rows = CountingRows(300, scheduler)
-    scheduler.start(lambda: pace(rows, 0.5, TO_TEXT, scheduler=scheduler), disposed=10_000)
+    scheduler.start(lambda: pace(rows, 0.5, as_text, scheduler=scheduler), disposed=10_000)
     assert rows.read_at == [200 + 0.5 * k for k in range(300)]
 
 
@@ -208,7 +209,7 @@ def test_pace_stops_at_a_source_error() -> None:
         raise OSError("disk gone")
 
     scheduler = TestScheduler()
-    results = scheduler.start(lambda: pace(rows(), 10.0, TO_TEXT, scheduler=scheduler))
+    results = scheduler.start(lambda: pace(rows(), 10.0, as_text, scheduler=scheduler))
     assert results.messages == [on_next(200, "1"), on_error(210, "disk gone")]
 
 
@@ -217,10 +218,8 @@ def test_pace_stops_pulling_after_a_publish_error() -> None:
     scheduler = TestScheduler()
     rows = CountingRows(5, scheduler)
 
-    def then(items: Observable[int]) -> Observable[int]:
-        return items.pipe(
-            ops.flat_map(lambda n: reactivex.throw(RuntimeError("refused")) if n == 1 else reactivex.just(n))
-        )
+    def then(n: int) -> Observable[int]:
+        return reactivex.throw(RuntimeError("refused")) if n == 1 else reactivex.just(n)
 
     results = scheduler.start(lambda: pace(rows, 10.0, then, scheduler=scheduler))
     assert results.messages == [on_next(200, 0), on_error(210, "refused")]
@@ -237,8 +236,8 @@ def test_disposing_pace_lets_the_publish_in_flight_finish_and_starts_no_other() 
     def encode(n: int) -> EncodedBatch:
         return EncodedBatch("producer", n + 1, b"", "text/plain", 1)
 
-    def then(items: Observable[int]) -> Observable[PublishAck]:
-        return items.pipe(ops.map(encode), ops.concat_map(publisher.publish))
+    def then(n: int) -> Observable[PublishAck]:
+        return publisher.publish(encode(n))
 
     results = scheduler.start(lambda: pace(rows, 10.0, then, scheduler=scheduler), disposed=215)
     assert rows.read_at == [200, 210]
