@@ -75,8 +75,8 @@ tail: $(STAMP) ## Print what the queue holds on MQ_ADDRESS, from the beginning
 test-data: $(STAMP) ## Regenerate test-data/metrics.csv (deterministic)
 	$(PY) -m rxstreamer generate --hosts 4 --gpus 8 --scrapes 3 --seed 7 --output test-data/metrics.csv
 
-bench: $(STAMP) ## Run the benchmarks and print their figures (slow; not part of `make test`)
-	$(PY) bench/memory_and_start.py
+bench: $(STAMP) ## Run every benchmark, print one table (about 6 min; not part of `make test`)
+	$(PY) bench/run_all.py
 
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -1,15 +1,19 @@
 """The gRPC edge: publish encoded batches to a MessageQueue service.
 
-Each publish is one asynchronous ``Publish`` call with a deadline. Its answer arrives on a gRPC thread
-and is handed back to the pipeline's scheduler, so every operator runs on the one pipeline thread. A
-call already sent is never cancelled by disposal: shutdown waits for it (``close``), because cutting it
-would leave the queue holding rows the streamer cannot account for.
+Each publish is one ``Publish`` call with a deadline, made on a publishing thread of its own so that the
+pipeline thread goes on (reading the next batch) meanwhile. The answer is handed back to the pipeline's
+scheduler, so every operator runs on the one pipeline thread. A blocking call on a long-lived thread is
+used rather than gRPC's ``future()``: with one call in flight at a time, ``future()`` starts and stops a
+polling thread for every call, which costs more than the call itself for small batches. A call already
+sent is never cancelled by disposal: shutdown waits for it (``wait_idle``), because cutting it would leave
+the queue holding rows the streamer cannot account for.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -64,7 +68,8 @@ class GrpcPublisher:
         self._channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
         self._stub = mq_pb2_grpc.MessageQueueStub(self._channel)
         self._recorder = StatsRecorder()
-        self._in_flight: set[grpc.Future[mq_pb2.PublishResponse]] = set()
+        self._calls = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rxstreamer-publish")
+        self._in_flight = 0
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._on_connectivity = on_connectivity
@@ -78,7 +83,7 @@ class GrpcPublisher:
     @property
     def in_flight(self) -> int:
         with self._lock:
-            return len(self._in_flight)
+            return self._in_flight
 
     def publish(self, batch: EncodedBatch) -> Observable[PublishAck]:
         def subscribe(observer: abc.ObserverBase[PublishAck], _: abc.SchedulerBase | None = None) -> Disposable:
@@ -90,33 +95,32 @@ class GrpcPublisher:
                 sequence=batch.sequence,
             )
             listening = [True]
-            call = self._stub.Publish.future(request, timeout=self._timeout)
             with self._lock:
-                self._in_flight.add(call)
-            call.add_done_callback(lambda done: self._answered(done, batch, observer, listening))
+                self._in_flight += 1
+            self._calls.submit(self._call, request, batch, observer, listening)
             return Disposable(lambda: listening.__setitem__(0, False))
 
         return reactivex.create(subscribe)
 
-    def _answered(
+    def _call(
         self,
-        call: grpc.Future[mq_pb2.PublishResponse],
+        request: mq_pb2.PublishRequest,
         batch: EncodedBatch,
         observer: abc.ObserverBase[PublishAck],
         listening: list[bool],
     ) -> None:
-        # Runs on a gRPC thread. Count first: the ack is real even if the pipeline was disposed meanwhile.
+        # Runs on the publishing thread. Count first: the ack is real even if the pipeline was disposed meanwhile.
         try:
-            response: mq_pb2.PublishResponse = call.result()
+            response = self._stub.Publish(request, timeout=self._timeout)
         except grpc.RpcError as error:
             outcome: PublishAck | PublishError = publish_error(error)
-        except grpc.FutureCancelledError:
-            outcome = PublishError("CANCELLED", "the publish was cancelled as the channel closed")
+        except ValueError as error:  # the channel was closed under the call
+            outcome = PublishError("CANCELLED", f"the publish was cut as the channel closed: {error}")
         else:
             outcome = PublishAck(batch.sequence, response.offset, response.duplicate, batch.rows, batch.position)
             self._recorder.record(outcome)
         with self._lock:
-            self._in_flight.discard(call)
+            self._in_flight -= 1
             self._idle.notify_all()
         if listening[0]:
 
@@ -147,10 +151,11 @@ class GrpcPublisher:
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no publish is in flight; False when ``timeout`` seconds passed first."""
         with self._idle:
-            return self._idle.wait_for(lambda: not self._in_flight, timeout=timeout)
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout=timeout)
 
     def close(self) -> None:
         """Close the channel; any call still in flight is cancelled. Call ``wait_idle`` first."""
         if self._on_connectivity is not None:
             self._channel.unsubscribe(self._connectivity_changed)
         self._channel.close()
+        self._calls.shutdown(wait=False)

@@ -1,0 +1,229 @@
+"""What the benchmarks share: generated data files, the broker process, streamer runs, medians and tables.
+
+Not a benchmark itself. Every benchmark runs the broker in its own process on 127.0.0.1 (as in production),
+starts the streamer as a subprocess with JSON logs, and reads what it needs from the log lines. Benchmarks
+print figures; they never assert timings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+OUT = REPO_ROOT / "bench" / "out"
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+BROKER_START_TIMEOUT = 30.0
+# Large enough that no benchmark ever fills a topic: a full topic would turn into retries and skew timings.
+BROKER_LIMITS = ("--max-messages", "10000000", "--max-bytes", "8GiB")
+
+
+# --- data ---------------------------------------------------------------------------------------------
+
+
+def data_file(rows: int) -> Path:
+    """A generated DCGM file of exactly ``rows`` rows (32 hosts x 8 GPUs, seed 1), made once and reused."""
+    from rxstreamer.generate import generate_file
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"metrics_{rows}.csv"
+    if not path.exists():
+        print(f"generating {path.relative_to(REPO_ROOT)} ...", file=sys.stderr, flush=True)
+        partial = path.with_suffix(".partial")
+        generate_file(partial, hosts=32, gpus=8, rows=rows, seed=1)
+        partial.rename(path)
+    return path
+
+
+def unique_topic(prefix: str) -> str:
+    """A topic no earlier run used, so the broker's deduplication never sees two runs as one."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+# --- processes ----------------------------------------------------------------------------------------
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for child processes: no RXSTREAMER_ settings leaking in from the user's shell."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RXSTREAMER_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    # The rxstreamer of this tree, whatever the virtual environment has installed.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
+
+
+def rxstreamer_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "rxstreamer", *args]
+
+
+def drain(stream: IO[str] | None, keep: list[str] | None = None) -> threading.Thread:
+    """Read the rest of a child's output in the background, so its pipe never fills; ``keep`` collects it."""
+
+    def read_all() -> None:
+        for line in stream or ():
+            if keep is not None:
+                keep.append(line)
+
+    thread = threading.Thread(target=read_all, daemon=True)
+    thread.start()
+    return thread
+
+
+class Broker:
+    """The reference broker in its own process on 127.0.0.1 with large limits; a context manager."""
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen[str] | None = None
+        self.address = ""
+
+    def __enter__(self) -> Broker:
+        command = rxstreamer_command(
+            "mq", "--listen", "127.0.0.1:0", "--log-format", "json", *BROKER_LIMITS
+        )  # fmt: skip
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT, env=child_env())
+        timer = threading.Timer(BROKER_START_TIMEOUT, self.process.kill)
+        timer.start()
+        try:
+            assert self.process.stdout is not None
+            for line in self.process.stdout:
+                entry = parse_log_line(line)
+                if entry is not None and entry.get("event") == "broker.started":
+                    self.address = f"127.0.0.1:{entry['port']}"
+                    drain(self.process.stdout)
+                    return self
+        finally:
+            timer.cancel()
+        self.__exit__(None, None, None)
+        raise RuntimeError("the broker did not start (no broker.started line)")
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def parse_log_line(line: str) -> dict[str, Any] | None:
+    """One JSON log line as a dict, or None for anything else on stdout."""
+    if not line.startswith("{"):
+        return None
+    try:
+        entry = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return entry if isinstance(entry, dict) else None
+
+
+def log_time(entry: dict[str, Any]) -> datetime:
+    """The ``timestamp`` of a log line (ISO 8601, UTC) as an aware datetime."""
+    return datetime.fromisoformat(str(entry["timestamp"]))
+
+
+def read_events(stream: IO[str]) -> Iterator[dict[str, Any]]:
+    for line in stream:
+        entry = parse_log_line(line)
+        if entry is not None:
+            yield entry
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of a live process, all its threads, from /proc (resolution: one clock tick, 10 ms)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may contain spaces and parentheses
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5), counted from 1
+    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_rss_mb(pid: int) -> float:
+    """The current resident set size of a live process, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+# --- figures ------------------------------------------------------------------------------------------
+
+
+def median(values: Iterable[float]) -> float:
+    return statistics.median(list(values))
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One line of the combined table."""
+
+    benchmark: str
+    figure: str
+    value: str
+    reference: str = ""
+    ratio: str = ""
+    note: str = ""
+
+
+@dataclass
+class Report:
+    """What one benchmark found: its lines for the combined table, and its own detailed tables."""
+
+    title: str
+    figures: list[Figure] = field(default_factory=list)
+    details: str = ""
+
+
+FIGURE_HEADERS = ("benchmark", "figure", "rxstreamer", "reference", "ratio", "note")
+
+
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines.extend("| " + " | ".join(row) + " |" for row in rows)
+    return "\n".join(lines)
+
+
+def figures_table(figures: Iterable[Figure]) -> str:
+    rows = [
+        (f.benchmark, f.figure, f.value, f.reference or "—", f.ratio or "—", f.note)
+        for f in figures
+    ]  # fmt: skip
+    return markdown_table(FIGURE_HEADERS, rows)
+
+
+def machine_description() -> str:
+    return (
+        f"{os.cpu_count()} cores, Python {platform.python_version()} ({platform.python_implementation()}), "
+        f"{platform.platform()}"
+    )
+
+
+def source_revision() -> str:
+    """The commit the measured code comes from, and whether rxstreamer/ had uncommitted changes."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO_ROOT, check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        changed = git("status", "--porcelain", "--", "rxstreamer")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return f"commit {commit}" + (" with uncommitted changes in rxstreamer/" if changed else "")

@@ -1,0 +1,95 @@
+"""Every benchmark in one run, summarised in one table: what ``make bench`` runs.
+
+Runs, one after the other and with their defaults: throughput (bench/throughput.py), memory and start
+(bench/memory_and_start.py), pacing (bench/pacing.py) and idle cost (bench/idle.py). Each prints its
+progress on stderr and its detailed tables as it finishes; at the end comes one combined table, which is
+also written, with the machine and the detailed tables, to bench/out/results.md. About 6 minutes on
+2 cores; ``--quick`` runs smaller sizes and one round each (about half a minute), as a smoke test.
+
+    .venv/bin/python bench/run_all.py [--quick] [--only throughput,memory,pacing,idle] [--output FILE]
+
+Every figure is printed, none is asserted. See docs/benchmarks.md for what each figure means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import idle
+import memory_and_start
+import pacing
+import throughput
+from _common import OUT, Report, figures_table, machine_description, source_revision
+
+BENCHMARKS: dict[str, tuple[Callable[[], Report], Callable[[], Report]]] = {
+    # name: (full run, --quick run)
+    "throughput": (
+        lambda: throughput.run(rows=200_000, batch_sizes=(10, 100, 1000), rounds=3),
+        lambda: throughput.run(rows=20_000, batch_sizes=(10, 100, 1000), rounds=1),
+    ),
+    "memory": (
+        lambda: memory_and_start.run(sizes=(10_000, 1_000_000), batch_size=1000, rounds=3),
+        lambda: memory_and_start.run(sizes=(10_000, 100_000), batch_size=1000, rounds=1),
+    ),
+    "pacing": (
+        lambda: pacing.run(batches=250, interval_ms=20, batch_size=10, rounds=3),
+        lambda: pacing.run(batches=100, interval_ms=20, batch_size=10, rounds=1),
+    ),
+    "idle": (
+        lambda: idle.run(seconds=20, rounds=3),
+        lambda: idle.run(seconds=5, rounds=1),
+    ),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, one round each: a smoke run")
+    parser.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated subset to run")
+    parser.add_argument("--output", type=Path, default=OUT / "results.md", help="where to write the results")
+    args = parser.parse_args()
+    chosen = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+
+    began = time.monotonic()
+    load_before = os.getloadavg()
+    started_at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    reports: list[Report] = []
+    for name in chosen:
+        report = BENCHMARKS[name][1 if args.quick else 0]()
+        reports.append(report)
+        print(report.details, flush=True)
+
+    minutes = (time.monotonic() - began) / 60
+    load = f"load average (1 min) {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after"
+    mode = "quick (smoke) run" if args.quick else "full run"
+    table = figures_table(figure for report in reports for figure in report.figures)
+    heading = (
+        f"rxstreamer benchmarks, {mode}, {started_at}, {minutes:.1f} min ({load})\nmachine: {machine_description()}"
+    )
+    print(f"\n{heading}\n\n{table}\n")
+
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    details = "\n".join(report.details for report in reports)
+    command = "bench/run_all.py" + (" --quick" if args.quick else "")
+    if args.only != parser.get_default("only"):
+        command += f" --only {args.only}"
+    args.output.write_text(
+        f"# rxstreamer benchmarks ({mode})\n\n"
+        f"- date: {started_at}, {minutes:.1f} minutes, {load}\n- machine: {machine_description()}\n"
+        f"- command: `{sys.executable} {command}`\n- code: {source_revision()}\n\n"
+        f"## Summary\n\n{table}\n\n## Details\n\n{details}"
+    )
+    print(f"written to {args.output}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
