@@ -97,6 +97,7 @@ class MessageQueueSettings:
     publish_timeout: float
     producer_id: str
     max_retry_time: float  # seconds a batch may spend retrying before the stream stops; 0 = unlimited
+    publish_in_background: bool  # call Publish on a thread of its own, overlapping with reading ahead
     retry: RetrySettings
 
 
@@ -178,6 +179,7 @@ _SCHEMA: Final[dict[str, dict[str, Kind]]] = {
         "publish_timeout": "duration",
         "producer_id": "str",
         "max_retry_time": "duration",
+        "publish_in_background": "bool",
         "retry": "table",
     },
     "message_queue.retry": {
@@ -485,6 +487,7 @@ def _build(data: Mapping[str, Any]) -> Settings:
             publish_timeout=_duration("message_queue.publish_timeout", message_queue, positive=True),
             producer_id=_string("message_queue.producer_id", message_queue),
             max_retry_time=_duration("message_queue.max_retry_time", message_queue, positive=False),
+            publish_in_background=_boolean("message_queue.publish_in_background", message_queue),
             retry=RetrySettings(
                 initial_backoff=initial_backoff,
                 max_backoff=max_backoff,

@@ -1,12 +1,14 @@
 """The gRPC edge: publish encoded batches to a MessageQueue service.
 
-Each publish is one ``Publish`` call with a deadline, made on a publishing thread of its own so that the
-pipeline thread goes on (reading the next batch) meanwhile. The answer is handed back to the pipeline's
-scheduler, so every operator runs on the one pipeline thread. A blocking call on a long-lived thread is
-used rather than gRPC's ``future()``: with one call in flight at a time, ``future()`` starts and stops a
-polling thread for every call, which costs more than the call itself for small batches. A call already
-sent is never cancelled by disposal: shutdown waits for it (``wait_idle``), because cutting it would leave
-the queue holding rows the streamer cannot account for.
+Each publish is one blocking ``Publish`` call with a deadline, made on the pipeline's thread by default,
+or with ``background=True`` on a publishing thread of its own so that the pipeline thread can read the
+next batch meanwhile (``read_ahead``). The answer is handed back through the pipeline's scheduler either
+way, so every operator runs on the one pipeline thread. Measured on two cores, the background thread loses
+more to handing work between threads under the GIL than it gains from the overlap (docs/benchmarks.md), so
+it is not the default. gRPC's ``future()`` is not used: with one call in flight at a time it starts and
+stops a polling thread for every call, which costs more than the call itself for small batches. A call
+already sent is never cancelled by disposal: shutdown waits for it (``wait_idle``), because cutting it
+would leave the queue holding rows the streamer cannot account for.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class GrpcPublisher:
         timeout: float,
         scheduler: abc.SchedulerBase,
         on_connectivity: Callable[[str], None] | None = None,
+        background: bool = False,
     ) -> None:
         self.address = address
         self._topic = topic
@@ -68,7 +71,7 @@ class GrpcPublisher:
         self._channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
         self._stub = mq_pb2_grpc.MessageQueueStub(self._channel)
         self._recorder = StatsRecorder()
-        self._calls = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rxstreamer-publish")
+        self._calls = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rxstreamer-publish") if background else None
         self._in_flight = 0
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -97,7 +100,10 @@ class GrpcPublisher:
             listening = [True]
             with self._lock:
                 self._in_flight += 1
-            self._calls.submit(self._call, request, batch, observer, listening)
+            if self._calls is not None:
+                self._calls.submit(self._call, request, batch, observer, listening)
+            else:
+                self._call(request, batch, observer, listening)
             return Disposable(lambda: listening.__setitem__(0, False))
 
         return reactivex.create(subscribe)
@@ -109,7 +115,7 @@ class GrpcPublisher:
         observer: abc.ObserverBase[PublishAck],
         listening: list[bool],
     ) -> None:
-        # Runs on the publishing thread. Count first: the ack is real even if the pipeline was disposed meanwhile.
+        # Count first: the ack is real even if the pipeline was disposed meanwhile.
         try:
             response = self._stub.Publish(request, timeout=self._timeout)
         except grpc.RpcError as error:
@@ -158,4 +164,5 @@ class GrpcPublisher:
         if self._on_connectivity is not None:
             self._channel.unsubscribe(self._connectivity_changed)
         self._channel.close()
-        self._calls.shutdown(wait=False)
+        if self._calls is not None:
+            self._calls.shutdown(wait=False)

@@ -49,7 +49,7 @@ def build_pipeline(
     batch_size: int,
     interval: float,
     retry: RetryPolicy,
-    read_ahead: int = 1,
+    read_ahead: int = 0,
     transforms: Sequence[Operator] = (),
     scheduler: abc.SchedulerBase | None = None,
     on_retry: RetryListener | None = None,

@@ -258,6 +258,7 @@ def run_streamer(
         timeout=queue.publish_timeout,
         scheduler=scheduler,
         on_connectivity=_ConnectionWatch(queue.address),
+        background=queue.publish_in_background,
     )
     retry = RetryPolicy(
         initial_backoff=queue.retry.initial_backoff,
