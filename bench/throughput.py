@@ -80,13 +80,18 @@ def _wait(process: subprocess.Popen[str]) -> tuple[int, float]:
     return process.returncode, usage.ru_utime + usage.ru_stime
 
 
+#: Settings given to the streamer under test (``--setting KEY=VALUE``), as RXSTREAMER_ environment variables.
+STREAMER_SETTINGS: dict[str, str] = {}
+
+
 def run_rxstreamer(path: Path, address: str, batch_size: int) -> Run:
     command = rxstreamer_command(
         "run", "--interval", "0", "--batch-size", str(batch_size), "--metrics-path", str(path),
         "--mq-address", address, "--topic", unique_topic(f"tp-rx-{batch_size}"), "--log-format", "json",
     )  # fmt: skip
     spawned = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT, env=child_env())
+    env = {**child_env(), **STREAMER_SETTINGS}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT, env=env)
     assert process.stdout is not None
     started = stopped = None
     for entry in read_events(process.stdout):
@@ -222,7 +227,17 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200_000, help="rows in the generated file")
     parser.add_argument("--batch-sizes", default="10,100,1000", help="comma-separated batch sizes")
     parser.add_argument("--rounds", type=int, default=3, help="rounds; contenders alternate within each")
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting for the streamer, e.g. message_queue.publish_in_background=true (repeatable)",
+    )
     args = parser.parse_args()
+    for setting in args.setting:
+        key, _, value = setting.partition("=")
+        STREAMER_SETTINGS["RXSTREAMER_" + key.upper().replace(".", "__")] = value
     batch_sizes = tuple(int(size) for size in args.batch_sizes.split(","))
     print(run(args.rows, batch_sizes, args.rounds).details)
 
