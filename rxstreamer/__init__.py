@@ -7,7 +7,7 @@ The public API, for extending the pipeline in code::
 - Sources: ``CsvRows`` (lazy, cold, pullable rows of a DCGM CSV) and ``rows_from_csv`` (the same as a
   push observable).
 - Operators: ``pull_through`` (row operators run on demand), ``pace`` (an interval that pulls),
-  ``publish_with_retry`` (retry one publish, never the stream).
+  ``publish_with_retry`` (retry one publish, never the stream) and ``retrying`` (the same for one item).
 - Composition: ``build_pipeline`` (the whole streamer, with optional extra operators) and
   ``run_streamer`` (the service loop with signals, logging and shutdown).
 - Publishing: ``Publisher`` (the interface), ``GrpcPublisher`` and ``InMemoryPublisher``.
@@ -17,7 +17,7 @@ from rxstreamer.config import ConfigError, Settings, load_settings
 from rxstreamer.encoding import BatchEncoder, decode_batch, encode_batch
 from rxstreamer.grpc_publisher import GrpcPublisher
 from rxstreamer.model import EncodedBatch, MetricRow, PublishAck, Rejection
-from rxstreamer.operators import pace, publish_with_retry, pull_through
+from rxstreamer.operators import pace, publish_with_retry, pull_through, retrying
 from rxstreamer.pipeline import build_pipeline, load_transforms
 from rxstreamer.publisher import InMemoryPublisher, Publisher, PublishStats
 from rxstreamer.retry import PublishError, RetryPolicy
@@ -49,6 +49,7 @@ __all__ = [
     "pace",
     "publish_with_retry",
     "pull_through",
+    "retrying",
     "rows_from_csv",
     "run_streamer",
 ]
