@@ -2,13 +2,14 @@
 
 Each publish is one blocking ``Publish`` call with a deadline, made on the pipeline's thread by default,
 or with ``background=True`` on a publishing thread of its own so that the pipeline thread can read the
-next batch meanwhile (``read_ahead``). The answer is handed back through the pipeline's scheduler either
-way, so every operator runs on the one pipeline thread. Measured on two cores, the background thread loses
-more to handing work between threads under the GIL than it gains from the overlap (docs/benchmarks.md), so
-it is not the default. gRPC's ``future()`` is not used: with one call in flight at a time it starts and
-stops a polling thread for every call, which costs more than the call itself for small batches. A call
-already sent is never cancelled by disposal: shutdown waits for it (``wait_idle``), because cutting it
-would leave the queue holding rows the streamer cannot account for.
+next batch meanwhile (``read_ahead``). The answer is delivered on the pipeline thread either way (handed
+back through its scheduler from the publishing thread), so every operator runs on that one thread.
+Measured on two cores, the background thread loses more to handing work between threads under the GIL
+than it gains from the overlap (docs/benchmarks.md), so it is not the default. gRPC's ``future()`` is not
+used: with one call in flight at a time it starts and stops a polling thread for every call, which costs
+more than the call itself for small batches. A call already sent is never cancelled by disposal: shutdown
+waits for it (``wait_idle``), because cutting it would leave the queue holding rows the streamer cannot
+account for.
 """
 
 from __future__ import annotations
@@ -128,7 +129,9 @@ class GrpcPublisher:
         with self._lock:
             self._in_flight -= 1
             self._idle.notify_all()
-        if listening[0]:
+        if listening[0] and self._calls is None:
+            self._deliver(observer, outcome, listening)  # already on the pipeline thread
+        elif listening[0]:
 
             def deliver(_: abc.SchedulerBase, __: Any = None) -> None:
                 self._deliver(observer, outcome, listening)
