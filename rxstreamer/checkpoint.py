@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -102,7 +102,7 @@ def read_checkpoint(path: Path) -> Checkpoint | None:
 
 def write_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
     """Replace the checkpoint atomically and durably."""
-    stamped = Checkpoint(**{**_fields(checkpoint), "written_at": datetime.now(UTC).isoformat()})
+    stamped = replace(checkpoint, written_at=datetime.now(UTC).isoformat())
     temporary = path.with_name(f".{path.name}.tmp")
     with temporary.open("w", encoding="utf-8") as handle:
         handle.write(stamped.to_json())
@@ -114,10 +114,6 @@ def write_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
-
-
-def _fields(checkpoint: Checkpoint) -> dict[str, Any]:
-    return {name: getattr(checkpoint, name) for name in Checkpoint.__dataclass_fields__}
 
 
 def resume_mismatch(checkpoint: Checkpoint, file: FileIdentity, producer_id: str, batch_size: int) -> str | None:

@@ -236,7 +236,8 @@ class _Pacer(Generic[_B, _A]):
     def _close_source(self) -> None:
         close = getattr(self._source, "close", None)
         if close is not None:
-            # ValueError: the generator is running on the scheduler's thread; _tick closes it after.
+            # ValueError: closed from inside the source itself (a transform disposing the stream while a batch
+            # is being pulled); _hand_over_next closes it once the pull returns.
             with contextlib.suppress(ValueError):
                 close()
 
