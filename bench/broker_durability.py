@@ -1,7 +1,12 @@
-"""Broker publish throughput by durability mode: fsync always, interval and never, and in memory only.
+"""Broker publish throughput by durability mode: the SQLite store under fsync always, interval and never,
+and in memory only.
+
+Each durable mode is one of the SQLite store's synchronous settings (see rxstreamer/broker/database.py):
+always = synchronous FULL (the write-ahead log fsynced at every commit, before the ack), interval = NORMAL
+plus a checkpoint every --fsync-interval, never = OFF.
 
 One client sends ~40 KB payloads with sequential unary Publish calls (one in flight at a time, each with a
-producer_id and sequence, so the dedup index is exercised as in production). Each mode gets its own broker
+producer_id and sequence, so the dedup index and digests are exercised as in production). Each mode gets its own broker
 process on 127.0.0.1, with a fresh data directory for the durable ones; the modes alternate within every
 round, so a drift in machine load hits all of them alike. The table gives medians over the rounds.
 
@@ -10,6 +15,9 @@ round, so a drift in machine load hits all of them alike. The table gives median
 
 What fsync costs depends on the filesystem and the device under ``--dir`` (default bench/out/durability),
 which is printed with the figures. Prints figures, asserts nothing.
+
+For comparison, the segment log this store replaced measured (40 KB payloads, --rounds 5): memory 1,638,
+never 1,411, interval 1,374, always 1,015 messages/s.
 """
 
 from __future__ import annotations
@@ -46,7 +54,7 @@ structlog.configure(processors=[structlog.processors.JSONRenderer()])
 from rxstreamer.broker import serve, BrokerOptions
 data_dir = Path(sys.argv[1]) if sys.argv[1] else None
 options = BrokerOptions(
-    listen="127.0.0.1:0", max_messages=10**9, max_bytes=1 << 40,
+    listen="127.0.0.1:0", max_messages=10**9, max_bytes=1 << 40, max_total_bytes=1 << 40,
     data_dir=data_dir, fsync=sys.argv[2], fsync_interval=float(sys.argv[3]),
 )
 raise SystemExit(serve(options))
@@ -184,8 +192,9 @@ def main() -> None:
                 flush=True,
             )
     print(
-        f"\n### Broker publish throughput: {args.messages} x {args.payload_bytes:,} B payloads per mode and round, "
-        f"sequential unary Publish, medians of {args.rounds} rounds (fsync interval {args.fsync_interval} s)\n"
+        f"\n### Broker publish throughput (SQLite store): {args.messages} x {args.payload_bytes:,} B payloads "
+        f"per mode and round, sequential unary Publish, medians of {args.rounds} rounds "
+        f"(fsync interval {args.fsync_interval} s)\n"
     )
     print(report(runs, args.payload_bytes))
     print(

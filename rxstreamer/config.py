@@ -120,6 +120,9 @@ class BrokerSettings:
     max_messages: int
     max_bytes: int
     retention: float
+    max_subscribers: int  # open streams; each holds one of the broker's threads
+    max_topics: int
+    max_total_bytes: int  # payload bytes retained by all topics together
     data_dir: Path | None  # None: topics live in memory only
     fsync: FsyncPolicy
     fsync_interval: float
@@ -195,6 +198,9 @@ _SCHEMA: Final[dict[str, dict[str, Kind]]] = {
         "max_messages": "int",
         "max_bytes": "size",
         "retention": "duration",
+        "max_subscribers": "int",
+        "max_topics": "int",
+        "max_total_bytes": "size",
         "data_dir": "optional_path",
         "fsync": "str",
         "fsync_interval": "duration",
@@ -507,6 +513,9 @@ def _build(data: Mapping[str, Any]) -> Settings:
             max_messages=_integer("broker.max_messages", broker, minimum=1),
             max_bytes=_size("broker.max_bytes", broker),
             retention=_duration("broker.retention", broker, positive=False),
+            max_subscribers=_integer("broker.max_subscribers", broker, minimum=1),
+            max_topics=_integer("broker.max_topics", broker, minimum=1),
+            max_total_bytes=_size("broker.max_total_bytes", broker),
             data_dir=_optional_path("broker.data_dir", broker),
             fsync=cast(FsyncPolicy, _choice("broker.fsync", broker, FSYNC_POLICIES)),
             fsync_interval=_duration("broker.fsync_interval", broker, positive=True),

@@ -698,3 +698,34 @@ def test_require_readable_file_unreadable(tmp_path: Path) -> None:
 def test_settings_type_is_exported() -> None:
     """load_settings returns the public Settings dataclass that the rest of the code is typed against."""
     assert isinstance(load_settings(environ={}), Settings)
+
+
+def test_broker_caps_have_their_documented_defaults() -> None:
+    """max_subscribers 64, max_topics 1000 and max_total_bytes 1 GiB unless set otherwise."""
+    broker = load_settings(environ={}).broker
+    assert (broker.max_subscribers, broker.max_topics, broker.max_total_bytes) == (64, 1000, 1 << 30)
+
+
+def test_broker_caps_come_from_flags_and_environment() -> None:
+    """The caps take flag strings (sizes with units) and RXSTREAMER_BROKER__ variables like any setting."""
+    flags = {"broker.max_subscribers": "4", "broker.max_topics": "2000", "broker.max_total_bytes": "512MiB"}
+    broker = load_settings(overrides=flags, environ={}).broker
+    assert (broker.max_subscribers, broker.max_topics, broker.max_total_bytes) == (4, 2000, 512 << 20)
+    environ = {"RXSTREAMER_BROKER__MAX_SUBSCRIBERS": "8", "RXSTREAMER_BROKER__MAX_TOTAL_BYTES": "2GiB"}
+    broker = load_settings(environ=environ).broker
+    assert (broker.max_subscribers, broker.max_total_bytes) == (8, 2 << 30)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "allowed"),
+    [
+        ("broker.max_subscribers", 0, "must be an integer >= 1"),
+        ("broker.max_topics", 0, "must be an integer >= 1"),
+        ("broker.max_total_bytes", 0, "must be at least 1 byte"),
+        ("broker.max_total_bytes", "1XB", "unknown unit 'XB'"),
+    ],
+)
+def test_invalid_broker_caps_are_rejected(setting: str, value: object, allowed: str) -> None:
+    """A cap that cannot work stops the start, naming the setting."""
+    error = _error(overrides={setting: value})
+    assert (error.setting, allowed in error.allowed) == (setting, True)

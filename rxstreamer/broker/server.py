@@ -3,38 +3,54 @@
 All queue semantics live in ``store.py``; this module validates requests, maps store outcomes onto gRPC
 status codes (so a producer can tell "back off and retry" from "never retry") and manages the server's
 life cycle so that subscribers see their streams end cleanly on shutdown. With a data directory it also
-opens the durable storage (``datadir.py``) and reports what each topic recovered.
+opens the durable storage (``database.py``) and reports what each topic recovered.
+
+Every open stream (Subscribe, or a health Watch) holds one of the server's worker threads until it ends,
+so streams are counted against ``max_subscribers`` and the pool has ``UNARY_WORKERS`` threads more: open
+subscribers can never starve Publish or a health check. A refused stream gives its thread back at once.
+
+What a Publish too large to store gets, by size (``largest`` is the smaller of max_bytes and
+max_total_bytes; the test ``test_too_large_publish_status_by_size_band`` pins each answer):
+
+- payload <= largest: stored, or refused as a full topic or broker (RESOURCE_EXHAUSTED, retryable);
+- largest < payload, with the whole request <= largest + ``REQUEST_OVERHEAD``: INVALID_ARGUMENT, naming
+  the size and the setting that limits it;
+- a request above that: gRPC itself refuses to read it, with RESOURCE_EXHAUSTED and the details
+  "Received message larger than max (SIZE vs. LIMIT)", before the broker sees it; producers must
+  treat that one as final, as it never clears.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import signal
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from rxstreamer.broker.datadir import DataDir
-from rxstreamer.broker.segments import DataDirError
-from rxstreamer.broker.store import (
-    Broker,
+from rxstreamer.broker.database import Database
+from rxstreamer.broker.episodes import Episodes
+from rxstreamer.broker.errors import (
+    BrokerFull,
+    DataDirError,
     MessageTooLarge,
+    SequenceConflict,
     StorageFailed,
     StoreClosed,
-    StoredMessage,
+    TooManyTopics,
     TopicFull,
-    TopicStore,
 )
+from rxstreamer.broker.store import Ack, Broker, StoredMessage, TopicStore
 from rxstreamer.proto import mq_pb2, mq_pb2_grpc
+from rxstreamer.signals import SignalWatch
 
 log = structlog.get_logger()
 
@@ -51,13 +67,14 @@ _READ_BATCH = 256
 # Time in-flight RPCs get to finish when the process is asked to stop.
 STOP_GRACE = 5.0
 # Requests carry a payload up to max_bytes plus topic and headers; without raising gRPC's 4 MiB default,
-# a large message would fail with RESOURCE_EXHAUSTED, which producers treat as retryable, forever.
-_REQUEST_OVERHEAD = 1 << 20
+# a large message would fail with RESOURCE_EXHAUSTED, which producers treat as retryable, forever. Past
+# this margin gRPC refuses to read a request at all, so a huge one never reaches the broker's memory.
+REQUEST_OVERHEAD = 1 << 20
 _GRPC_MAX_LENGTH = (1 << 31) - 1
+# Worker threads beyond max_subscribers, for Publish, health checks and refusals: what streams never take.
+UNARY_WORKERS = 8
 
 _MAX_PORT = 65_535
-
-_Handler = Callable[[int, FrameType | None], Any] | int | None
 
 
 class BrokerError(Exception):
@@ -66,52 +83,86 @@ class BrokerError(Exception):
 
 @dataclass(frozen=True)
 class BrokerOptions:
-    """How to run a broker; the limits apply to each topic separately."""
+    """How to run a broker; max_messages, max_bytes and retention apply to each topic separately."""
 
     listen: str = "127.0.0.1:50051"
     max_messages: int = 100_000
     max_bytes: int = 268_435_456
     retention: float = 0.0  # seconds; 0 keeps messages until the broker stops
-    # Each open Subscribe holds a worker thread, so this bounds concurrent subscribers plus publishers.
-    max_workers: int = 16
+    # Open streams (Subscribe and health Watch); each holds a worker thread while it is open.
+    max_subscribers: int = 64
+    max_topics: int = 1000
+    max_total_bytes: int = 1 << 30  # payload bytes retained by all topics together
     data_dir: Path | None = None  # None keeps topics in memory only
-    fsync: str = "always"  # "always", "interval" or "never"; see segments.py for what each risks
+    fsync: str = "always"  # "always", "interval" or "never"; see database.py for what each risks
     fsync_interval: float = 0.1  # seconds, for "interval"
+
+    @property
+    def largest_message(self) -> int:
+        """The largest payload a topic can ever hold: the smaller of the two byte limits."""
+        return min(self.max_bytes, self.max_total_bytes)
+
+    @property
+    def max_receive_length(self) -> int:
+        """gRPC's receive limit: room for the largest storable payload plus the rest of the request."""
+        return min(self.largest_message + REQUEST_OVERHEAD, _GRPC_MAX_LENGTH)
 
 
 class MessageQueueServicer(mq_pb2_grpc.MessageQueueServicer):
     """Serves Publish and Subscribe over a shared set of topics."""
 
-    def __init__(self, topics: Broker, *, poll_interval: float = POLL_INTERVAL) -> None:
+    def __init__(
+        self, topics: Broker, *, streams: StreamSlots | None = None, poll_interval: float = POLL_INTERVAL
+    ) -> None:
         self._topics = topics
+        self._streams = streams if streams is not None else StreamSlots(BrokerOptions.max_subscribers)
         self._poll_interval = poll_interval
-        self._full_topics = _FullTopics()
+        self._episodes = Episodes()
 
     # The method names are fixed by the generated base class.
     def Publish(  # noqa: N802
         self, request: mq_pb2.PublishRequest, context: grpc.ServicerContext
     ) -> mq_pb2.PublishResponse:
-        """Store one message, telling the producer whether to retry (RESOURCE_EXHAUSTED) or not."""
-        store = self._topic(request.topic, context)
+        """Store one message, telling the producer whether to retry (RESOURCE_EXHAUSTED, UNAVAILABLE) or not."""
+        topic = _checked_topic(request.topic, context)
         try:
-            ack = store.append(
+            ack = self._topics.append(
+                topic,
                 request.payload,
                 headers=request.headers,
                 producer_id=request.producer_id,
                 sequence=request.sequence,
             )
         except TopicFull as full:
-            self._full_topics.refused(full)
-            if full.retry_after is not None:
-                context.set_trailing_metadata(((RETRY_AFTER_METADATA, _milliseconds(full.retry_after)),))
+            self._topic_full(full)
+            _retry_after(context, full.retry_after)
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(full))
+        except BrokerFull as full:
+            self._broker_full(full)
+            _retry_after(context, full.retry_after)
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(full))
+        except TooManyTopics as too_many:
+            self._too_many_topics(too_many)
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(too_many))
         except MessageTooLarge as too_large:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(too_large))
+        except SequenceConflict as conflict:
+            # Each conflict stops a producer for good, so there are few: every one is worth a line.
+            log.warning(
+                "broker.sequence_conflict",
+                topic=conflict.topic,
+                producer_id=conflict.producer_id,
+                sequence=conflict.sequence,
+                offset=conflict.offset,
+            )
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(conflict))
         except StoreClosed:
             context.abort(grpc.StatusCode.UNAVAILABLE, "the broker is shutting down")
         except StorageFailed as failed:
+            self._storage_failed(failed)
             context.abort(grpc.StatusCode.UNAVAILABLE, str(failed))
-        self._full_topics.accepted(store.name)
+        if self._episodes.any:
+            self._accepted(topic, ack)
         return mq_pb2.PublishResponse(offset=ack.offset, duplicate=ack.duplicate)
 
     def Subscribe(  # noqa: N802
@@ -121,18 +172,24 @@ class MessageQueueServicer(mq_pb2_grpc.MessageQueueServicer):
 
         The resolved start offset is sent at once as ``start-offset`` initial metadata: it tells a
         client that the subscription is in place (so, with LATEST, which messages it will see) before
-        any message exists.
+        any message exists. Past max_subscribers the stream is refused with RESOURCE_EXHAUSTED.
         """
-        store = self._topic(request.topic, context)
-        position = _start_offset(request, store, context)
-        context.send_initial_metadata(((START_OFFSET_METADATA, str(position)),))
-        yield from self._stream(store, position, context)
+        with self._streams.hold(context):
+            store = self._topic(request.topic, context)
+            position = _start_offset(request, store, context)
+            context.send_initial_metadata(((START_OFFSET_METADATA, str(position)),))
+            context.add_callback(store.wake)  # a client that leaves frees its slot at once
+            yield from self._stream(store, position, context)
 
     def _topic(self, name: str, context: grpc.ServicerContext) -> TopicStore:
-        """The requested topic; a durable broker that cannot create its log answers UNAVAILABLE."""
+        """The requested topic, created if new within max_topics; a storage failure answers UNAVAILABLE."""
         try:
             return self._topics.topic(_checked_topic(name, context))
+        except TooManyTopics as too_many:
+            self._too_many_topics(too_many)
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(too_many))
         except StorageFailed as failed:
+            self._storage_failed(failed)
             context.abort(grpc.StatusCode.UNAVAILABLE, str(failed))
 
     def _stream(self, store: TopicStore, position: int, context: grpc.ServicerContext) -> Iterator[mq_pb2.Message]:
@@ -146,19 +203,10 @@ class MessageQueueServicer(mq_pb2_grpc.MessageQueueServicer):
             else:
                 store.wait_for(position, self._poll_interval)
 
+    # -- one log line per episode ------------------------------------------------------------------
 
-class _FullTopics:
-    """Logs when a topic starts and stops refusing, instead of once per refused publish."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._full: set[str] = set()
-
-    def refused(self, full: TopicFull) -> None:
-        with self._lock:
-            if full.topic in self._full:
-                return
-            self._full.add(full.topic)
+    def _topic_full(self, full: TopicFull) -> None:
+        if self._episodes.begin(f"topic_full:{full.topic}"):
             log.warning(
                 "broker.topic_full",
                 topic=full.topic,
@@ -169,14 +217,96 @@ class _FullTopics:
                 retry_after=full.retry_after,
             )
 
-    def accepted(self, topic: str) -> None:
-        if topic not in self._full:  # the hot path takes no lock; the locked check below decides
-            return
-        with self._lock:
-            if topic not in self._full:
-                return
-            self._full.discard(topic)
+    def _broker_full(self, full: BrokerFull) -> None:
+        if self._episodes.begin("total_bytes_full"):
+            log.warning(
+                "broker.total_bytes_full",
+                topic=full.topic,
+                total_bytes=full.total_bytes,
+                max_total_bytes=full.max_total_bytes,
+                retry_after=full.retry_after,
+            )
+
+    def _too_many_topics(self, too_many: TooManyTopics) -> None:
+        if self._episodes.begin("max_topics"):  # topics are never removed: this episode lasts
+            log.warning(
+                "broker.max_topics_reached",
+                topic=too_many.topic,
+                topics=too_many.topics,
+                max_topics=too_many.max_topics,
+            )
+
+    def _storage_failed(self, failed: StorageFailed) -> None:
+        if self._episodes.begin("storage"):
+            log.error("broker.storage_failed", path=failed.path, reason=failed.reason, topic=failed.topic)
+
+    def _accepted(self, topic: str, ack: Ack) -> None:
+        """A publish went through: the episodes it proves over end, each with its own line."""
+        if self._episodes.end(f"topic_full:{topic}"):
             log.info("broker.topic_has_room", topic=topic)
+        if self._episodes.end("total_bytes_full"):
+            log.info("broker.total_bytes_has_room", topic=topic, total_bytes=self._topics.total_bytes)
+        if not ack.duplicate and self._episodes.end("storage"):  # a duplicate wrote nothing
+            log.info("broker.storage_recovered", topic=topic)
+
+
+class StreamSlots:
+    """Counts open streams against max_subscribers, so they can never hold every worker thread."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"max_subscribers must be >= 1, got {limit}")
+        self.limit = limit
+        self._open = 0
+        self._refusing = False  # logged once until a stream is admitted again
+        self._lock = threading.Lock()
+
+    @property
+    def open(self) -> int:
+        with self._lock:
+            return self._open
+
+    @contextmanager
+    def hold(self, context: grpc.ServicerContext) -> Iterator[None]:
+        """A slot for the stream's lifetime, or RESOURCE_EXHAUSTED at once, giving the worker back."""
+        with self._lock:
+            refused = self._open >= self.limit
+            first_refusal = refused and not self._refusing
+            self._refusing = refused
+            if not refused:
+                self._open += 1
+            count = self._open
+        if refused:
+            if first_refusal:
+                log.warning("broker.max_subscribers_reached", subscribers=count, max_subscribers=self.limit)
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"broker has {count} subscribers, the most broker.max_subscribers allows; close one or raise "
+                "broker.max_subscribers (each open stream holds one of the broker's threads)",
+            )
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._open -= 1
+
+
+class _CountedHealth:
+    """The standard health service, with each Watch stream counted as a subscriber (it holds a thread too)."""
+
+    def __init__(self, inner: Any, streams: StreamSlots) -> None:
+        self._inner = inner
+        self._streams = streams
+
+    def Check(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 - gRPC's name
+        return self._inner.Check(request, context)
+
+    def List(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 - gRPC's name
+        return self._inner.List(request, context)
+
+    def Watch(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:  # noqa: N802 - gRPC's name
+        with self._streams.hold(context):
+            yield from self._inner.Watch(request, context)
 
 
 class RunningBroker:
@@ -231,17 +361,21 @@ def start_broker(options: BrokerOptions) -> RunningBroker:
 
 
 def _start_serving(options: BrokerOptions, topics: Broker) -> RunningBroker:
+    try:
+        streams = StreamSlots(options.max_subscribers)
+    except ValueError as error:
+        raise BrokerError(f"invalid broker limits: {error}") from error
     server = grpc.server(
-        ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="broker"),
+        ThreadPoolExecutor(max_workers=options.max_subscribers + UNARY_WORKERS, thread_name_prefix="broker"),
         options=[
             # Without this, a second broker on the same port would silently share it on Linux.
             ("grpc.so_reuseport", 0),
-            ("grpc.max_receive_message_length", min(options.max_bytes + _REQUEST_OVERHEAD, _GRPC_MAX_LENGTH)),
+            ("grpc.max_receive_message_length", options.max_receive_length),
         ],
     )
-    mq_pb2_grpc.add_MessageQueueServicer_to_server(MessageQueueServicer(topics), server)
+    mq_pb2_grpc.add_MessageQueueServicer_to_server(MessageQueueServicer(topics, streams=streams), server)
     health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(_CountedHealth(health_servicer, streams), server)
     for service in ("", SERVICE_NAME):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     port = _bind(server, options.listen)
@@ -255,59 +389,83 @@ def _start_serving(options: BrokerOptions, topics: Broker) -> RunningBroker:
     )
 
 
-def serve(options: BrokerOptions, *, stop_signals: bool = True, stop_event: threading.Event | None = None) -> int:
+def serve(
+    options: BrokerOptions,
+    *,
+    stop_signals: bool = True,
+    stop_event: threading.Event | None = None,
+    stop_signal: Callable[[], str | None] | None = None,
+) -> int:
     """Run a broker until SIGINT/SIGTERM (or ``stop_event``); the process exit code is returned.
 
-    Must be called from the main thread when ``stop_signals`` is true, as Python only installs signal
-    handlers there.
+    With ``stop_signals`` it installs its own handlers first thing, before the data directory is recovered
+    (so it must run on the main thread): SIGINT and SIGTERM stop it cleanly, even while it starts, and
+    SIGHUP is logged as ``broker.sighup_ignored`` and changes nothing. A process that takes its signals
+    earlier than this (the CLI, before its imports) passes ``stop_signals=False``, the ``stop_event`` its
+    handlers set, and ``stop_signal`` naming the signal that set it, for the ``broker.stopping`` line.
     """
+    watch = SignalWatch("broker") if stop_signals else None
+    if watch is not None:
+        watch.install()
+        stop_event, stop_signal = watch.stop, (lambda: watch.stop_signal)
+    try:
+        return _serve(options, _StopRequests(stop_event or threading.Event(), stop_signal))
+    finally:
+        if watch is not None:
+            watch.uninstall()
+
+
+class _StopRequests:
+    """What the main loop waits on: the event the signal handlers set, and the name of the signal that set it."""
+
+    def __init__(self, event: threading.Event, signal_name: Callable[[], str | None] | None) -> None:
+        self._event = event
+        self._signal_name = signal_name
+
+    def wait(self, timeout: float) -> bool:
+        """True once a stop is requested, waiting up to ``timeout``."""
+        if not self._event.wait(timeout):
+            return False
+        name = self._signal_name() if self._signal_name is not None else None
+        if name is not None:
+            log.info("broker.stopping", signal=name)
+        return True
+
+
+def _serve(options: BrokerOptions, stop: _StopRequests) -> int:
     try:
         running = start_broker(options)
     except BrokerError as error:
         log.error("broker.failed", listen=options.listen, reason=str(error))
         return 1
-    log.info(
-        "broker.started",
-        listen=options.listen,
-        address=running.address,
-        port=running.port,
-        max_messages=options.max_messages,
-        max_bytes=options.max_bytes,
-        retention=options.retention,
-        data_dir=None if options.data_dir is None else str(options.data_dir),
-        fsync=None if options.data_dir is None else options.fsync,
-        fsync_interval=options.fsync_interval if options.data_dir is not None and options.fsync == "interval" else None,
-    )
-    stop = stop_event if stop_event is not None else threading.Event()
-    previous: dict[signal.Signals, _Handler] = {}
     try:
-        if stop_signals:
-            previous = _install_stop_handlers(stop)
-        # Waiting with a timeout keeps the main thread responsive to signals on every platform.
+        log.info(
+            "broker.started",
+            listen=options.listen,
+            address=running.address,
+            port=running.port,
+            max_messages=options.max_messages,
+            max_bytes=options.max_bytes,
+            retention=options.retention,
+            max_subscribers=options.max_subscribers,
+            max_topics=options.max_topics,
+            max_total_bytes=options.max_total_bytes,
+            data_dir=None if options.data_dir is None else str(options.data_dir),
+            fsync=None if options.data_dir is None else options.fsync,
+            fsync_interval=options.fsync_interval
+            if options.data_dir is not None and options.fsync == "interval"
+            else None,
+        )
+        # A signal that came while the broker started is waiting here already: it stops the broker at once.
         while not stop.wait(POLL_INTERVAL):
             pass
     finally:
         running.stop(STOP_GRACE)
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
     log.info("broker.stopped", port=running.port)
     return 0
 
 
-def _install_stop_handlers(stop: threading.Event) -> dict[signal.Signals, _Handler]:
-    def request_stop(signum: int, _frame: FrameType | None) -> None:
-        log.info("broker.stopping", signal=signal.Signals(signum).name)
-        stop.set()
-
-    previous: dict[signal.Signals, _Handler] = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        previous[signum] = signal.signal(signum, request_stop)
-    return previous
-
-
 def _make_topics(options: BrokerOptions) -> Broker:
-    if options.max_workers < 1:
-        raise BrokerError(f"max_workers must be >= 1, got {options.max_workers}")
     storage = _open_storage(options)
     try:
         topics = _recover_topics(options, storage)
@@ -319,12 +477,14 @@ def _make_topics(options: BrokerOptions) -> Broker:
     return topics
 
 
-def _recover_topics(options: BrokerOptions, storage: DataDir | None) -> Broker:
+def _recover_topics(options: BrokerOptions, storage: Database | None) -> Broker:
     try:
         return Broker(
             max_messages=options.max_messages,
             max_bytes=options.max_bytes,
             retention=options.retention,
+            max_topics=options.max_topics,
+            max_total_bytes=options.max_total_bytes,
             storage=storage,
         )
     except ValueError as error:  # the limits are checked before any topic is recovered
@@ -333,11 +493,11 @@ def _recover_topics(options: BrokerOptions, storage: DataDir | None) -> Broker:
         raise BrokerError(f"cannot recover data directory {options.data_dir}: {error}") from error
 
 
-def _open_storage(options: BrokerOptions) -> DataDir | None:
+def _open_storage(options: BrokerOptions) -> Database | None:
     if options.data_dir is None:
         return None
     try:
-        return DataDir.open(options.data_dir, policy=options.fsync, interval=options.fsync_interval)
+        return Database.open(options.data_dir, policy=options.fsync, interval=options.fsync_interval)
     except ValueError as error:
         raise BrokerError(f"invalid durability settings: {error}") from error
     except DataDirError as error:
@@ -418,6 +578,11 @@ def _to_proto(message: StoredMessage) -> mq_pb2.Message:
     )
     proto.published_at.FromNanoseconds(message.published_at_ns)
     return proto
+
+
+def _retry_after(context: grpc.ServicerContext, seconds: float | None) -> None:
+    if seconds is not None:
+        context.set_trailing_metadata(((RETRY_AFTER_METADATA, _milliseconds(seconds)),))
 
 
 def _milliseconds(seconds: float) -> str:

@@ -1,28 +1,70 @@
-"""The broker's per-topic bounded, in-memory log.
+"""The broker's topics: bounded, in-memory logs with idempotent appends, and the broker-wide caps.
 
 Kept free of gRPC so the retention, back-pressure and idempotency rules can be tested directly and
 deterministically (the clocks are injectable). The gRPC edge in ``server.py`` only translates.
 
 A full topic refuses new messages instead of dropping old ones: a telemetry producer that is told to
-back off can retry, while a silently dropped batch is lost for every subscriber.
+back off can retry, while a silently dropped batch is lost for every subscriber. The same holds broker-wide:
+retention is per topic, so ``max_topics`` and ``max_total_bytes`` are what bound the broker's memory.
 
-A durable topic is the same store with a ``MessageLog`` behind it (``segments.SegmentLog``): each message
-is appended to the log before it is stored and acknowledged, and a restarted broker rebuilds the store
-from the log. Retained payloads stay in memory as well, so reads never touch the disk; max_bytes bounds
-that memory exactly as it does without a log. This module only sees the two small protocols below and
-stays free of file I/O.
+Idempotency is by (producer id, sequence) per topic, with a digest of the content: the same identity with
+the same content is a re-send and is acknowledged with its first offset; with other content it is two
+inputs sharing one producer id, refused as a ``SequenceConflict`` instead of silently dropping rows. The
+content is the producer's ``content-digest`` header when it sends one, else the payload: a producer whose
+re-encoded batch differs in bytes but not in meaning (a new creation time, rows stamped at processing
+time) names what the batch holds, so that its re-send after a crash is still recognised as one.
+
+A durable topic is the same store with a ``MessageLog`` behind it (``database.TopicLog``): each message is
+written to the log before it is stored and acknowledged, and a restarted broker rebuilds the store from
+the log. Retained payloads stay in memory as well, so reads never touch the disk; the byte limits bound
+that memory exactly as they do without a log. This module only sees the small protocols below and stays
+free of file I/O.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
-from rxstreamer.broker.framing import Record
+from rxstreamer.broker.errors import (
+    BrokerFull,
+    MessageTooLarge,
+    SequenceConflict,
+    StorageFailed,
+    StoreClosed,
+    StoreError,
+    TooManyTopics,
+    TopicFull,
+)
+from rxstreamer.encoding import CONTENT_DIGEST_HEADER
+
+__all__ = [
+    "DEFAULT_RELEASED_ID_MEMORY",
+    "Ack",
+    "Broker",
+    "BrokerFull",
+    "ByteBudget",
+    "MessageLog",
+    "MessageTooLarge",
+    "Record",
+    "Recovery",
+    "ReleasedId",
+    "SequenceConflict",
+    "Storage",
+    "StorageFailed",
+    "StoreClosed",
+    "StoreError",
+    "StoredMessage",
+    "TooManyTopics",
+    "TopicFull",
+    "TopicStore",
+    "message_digest",
+]
 
 # How many released (producer_id, sequence) ids are remembered, so that a producer retrying long after
 # its message expired is still told "duplicate" instead of storing the message a second time.
@@ -32,109 +74,81 @@ DEFAULT_RELEASED_ID_MEMORY = 100_000
 # half of the list keeps appends amortised O(1).
 _COMPACT_MIN_HEAD = 1024
 
+# 16 bytes of BLAKE2b: an accidental collision between two different batches is out of reach (2^-64 at
+# four billion messages), and the digest costs ~1 µs per KB.
+DIGEST_SIZE = 16
+
 _MessageId = tuple[str, int]
 
 
-class StoreError(Exception):
-    """Base of the reasons a topic refuses a message."""
+def message_digest(payload: bytes, headers: Mapping[str, str] | None = None) -> bytes:
+    """What identifies a message's content, to tell a re-send from another message under a reused identity."""
+    declared = headers.get(CONTENT_DIGEST_HEADER) if headers is not None else None
+    content = b"declared:" + declared.encode() if declared else payload
+    return hashlib.blake2b(content, digest_size=DIGEST_SIZE).digest()
 
 
-class TopicFull(StoreError):  # noqa: N818 - the name the project uses
-    """The topic is at its retention bound; the producer should back off and retry.
+@dataclass(frozen=True, slots=True)
+class Record:
+    """What a durable topic keeps of one message: everything a subscriber is sent, and the digest."""
 
-    ``retry_after`` is when (seconds from now) enough retained messages will have expired to make
-    room for the refused one, or None when there is no retention time and room appears only if
-    limits change.
-    """
-
-    def __init__(
-        self,
-        topic: str,
-        *,
-        retained_messages: int,
-        retained_bytes: int,
-        max_messages: int,
-        max_bytes: int,
-        retry_after: float | None,
-    ) -> None:
-        self.topic = topic
-        self.retained_messages = retained_messages
-        self.retained_bytes = retained_bytes
-        self.max_messages = max_messages
-        self.max_bytes = max_bytes
-        self.retry_after = retry_after
-        hint = "" if retry_after is None else f"; room in {retry_after:.3f}s"
-        super().__init__(
-            f"topic {topic} is full ({retained_messages} messages, {retained_bytes} bytes retained; "
-            f"limits {max_messages} messages, {max_bytes} bytes{hint})"
-        )
+    offset: int
+    producer_id: str
+    sequence: int
+    published_at_ns: int
+    headers: Mapping[str, str]
+    payload: bytes
+    digest: bytes
 
 
-class MessageTooLarge(StoreError):  # noqa: N818 - the name the project uses
-    """The payload alone exceeds the topic's byte bound, so retrying can never succeed."""
+@dataclass(frozen=True, slots=True)
+class ReleasedId:
+    """The identity of a released message, remembered so that a late re-send is still a duplicate."""
 
-    def __init__(self, topic: str, *, size: int, max_bytes: int) -> None:
-        self.topic = topic
-        self.size = size
-        self.max_bytes = max_bytes
-        super().__init__(f"message of {size} bytes can never fit topic {topic} (max_bytes={max_bytes})")
-
-
-class StoreClosed(StoreError):  # noqa: N818 - the name the project uses
-    """The broker is shutting down; nothing is accepted any more."""
-
-    def __init__(self, topic: str) -> None:
-        self.topic = topic
-        super().__init__(f"topic {topic} is closed")
+    producer_id: str
+    sequence: int
+    offset: int
+    digest: bytes
 
 
-class StorageFailed(StoreError):  # noqa: N818 - in line with the other refusals
-    """A durable topic could not write its log, so the message was not stored and must not be acknowledged.
+@dataclass(frozen=True)
+class Recovery:
+    """What a durable topic's log holds when the broker starts."""
 
-    Worth retrying: a full disk may be freed. After a failed fsync the topic refuses every append until the
-    broker restarts, because the kernel may have dropped the data it failed to write.
-    """
-
-    def __init__(self, topic: str, reason: str) -> None:
-        self.topic = topic
-        self.reason = reason
-        super().__init__(f"topic {topic} cannot be written to disk: {reason}")
+    next_offset: int  # beyond every offset ever written, released ones included
+    released: list[ReleasedId]  # oldest first
+    records: list[Record]  # retained, oldest first, contiguous offsets
 
 
 class MessageLog(Protocol):
-    """The durable half of a topic: written before an append is acknowledged, replayed on start."""
+    """The durable half of a topic: written before an append is acknowledged, read back on start."""
 
-    def recover(self) -> Iterator[Record]:
-        """Every record kept, oldest first; must be consumed fully before any other call."""
-        ...
-
-    @property
-    def next_offset(self) -> int:
-        """The offset the next record gets; beyond every offset ever written, even deleted ones."""
+    def recover(self) -> Recovery:
+        """Everything the log holds; called once, before any other call."""
         ...
 
     def append(self, record: Record) -> None:
-        """Write (and, by policy, fsync) one record; raises StorageFailed with nothing appended."""
+        """Write one record (durably, by policy); raises StorageFailed with nothing written."""
         ...
 
-    def release_before(self, offset: int) -> None:
-        """Records below ``offset`` are released: their disk space may be reclaimed."""
+    def release(self, before: int, remember_from: int) -> None:
+        """Records below ``before`` are released (their ids remembered from ``remember_from`` on); never raises."""
         ...
 
     def close(self) -> None:
-        """Flush by policy and close; called once, after the last append."""
+        """Called once, after the last append."""
         ...
 
 
 class Storage(Protocol):
-    """Where a durable broker keeps its topics' logs (``datadir.DataDir``)."""
+    """Where a durable broker keeps its topics (``database.Database``)."""
 
     def topic_names(self) -> list[str]:
-        """Topics that have a log, to be recovered when the broker starts."""
+        """Topics stored, to be recovered when the broker starts."""
         ...
 
     def open_log(self, topic: str) -> MessageLog:
-        """The topic's log, created empty if new; raises StorageFailed when it cannot be."""
+        """The topic's log, created empty if new; raises StorageFailed with nothing created when it cannot be."""
         ...
 
     def close(self) -> None:
@@ -154,6 +168,7 @@ class StoredMessage:
     sequence: int
     published_at_ns: int  # wall clock, for the subscriber's published_at
     stored_at: float  # retention clock (monotonic by default)
+    digest: bytes = b""  # of the payload; empty when there is no producer id to deduplicate by
 
     @property
     def size(self) -> int:
@@ -169,11 +184,52 @@ class Ack:
     duplicate: bool
 
 
+class _Known(NamedTuple):
+    offset: int
+    digest: bytes
+
+
+class ByteBudget:
+    """Payload bytes retained by all topics together, against broker.max_total_bytes; thread-safe.
+
+    Its lock is only ever taken last (inside a topic's), so it cannot take part in a deadlock.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"max_total_bytes must be >= 1, got {limit}")
+        self.limit = limit
+        self._used = 0
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bool:
+        """Count ``size`` more bytes if they fit; False (and nothing counted) if they do not."""
+        with self._lock:
+            if self._used + size > self.limit:
+                return False
+            self._used += size
+            return True
+
+    def add(self, size: int) -> None:
+        """Count recovered bytes, even beyond the limit: they were acknowledged and must be kept."""
+        with self._lock:
+            self._used += size
+
+    def give_back(self, size: int) -> None:
+        with self._lock:
+            self._used -= size
+
+    @property
+    def used(self) -> int:
+        with self._lock:
+            return self._used
+
+
 class TopicStore:
     """One topic's log: offsets from 0, bounded by count and payload bytes, optionally time-limited.
 
     Every public method is thread-safe. Expired messages are released lazily, whenever the topic is
-    appended to or read, so no background thread is needed.
+    appended to or read (or swept by the broker when it is full), so no background thread is needed.
 
     With a ``log``, the store starts with what the log recovers: a message's age is taken from its
     published_at wall-clock stamp (the retention clock does not survive a restart), messages already
@@ -193,6 +249,7 @@ class TopicStore:
         wall_clock_ns: Callable[[], int] = time.time_ns,
         released_id_memory: int = DEFAULT_RELEASED_ID_MEMORY,
         log: MessageLog | None = None,
+        budget: ByteBudget | None = None,
     ) -> None:
         _check_limits(max_messages=max_messages, max_bytes=max_bytes, retention=retention)
         if released_id_memory < 0:
@@ -204,6 +261,7 @@ class TopicStore:
         self._clock = clock
         self._wall_clock_ns = wall_clock_ns
         self._released_id_memory = released_id_memory
+        self._budget = budget
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         # Retained messages are _log[_head:]; a list (not a deque) so reading from an offset is O(1).
@@ -211,8 +269,8 @@ class TopicStore:
         self._head = 0
         self._bytes = 0
         self._next_offset = 0
-        self._retained_ids: dict[_MessageId, int] = {}
-        self._released_ids: OrderedDict[_MessageId, int] = OrderedDict()
+        self._retained_ids: dict[_MessageId, _Known] = {}
+        self._released_ids: OrderedDict[_MessageId, _Known] = OrderedDict()
         self._closed = False
         self._waiting = 0
         self._message_log = log
@@ -231,24 +289,29 @@ class TopicStore:
     ) -> Ack:
         """Store a message, or acknowledge a re-sent one with its original offset.
 
-        Raises TopicFull, MessageTooLarge or StoreClosed; nothing already stored is ever dropped to
-        make room.
+        Raises TopicFull, BrokerFull, MessageTooLarge, SequenceConflict, StoreClosed or StorageFailed;
+        nothing already stored is ever dropped to make room.
         """
         message_id = (producer_id, sequence) if producer_id else None
+        digest = message_digest(payload, headers) if message_id is not None else b""  # outside the lock: O(size)
         with self._lock:
             if self._closed:
                 raise StoreClosed(self.name)
             now = self._clock()
             self._release_expired(now)
             if message_id is not None:
-                original = self._known_offset(message_id)
-                if original is not None:
-                    return Ack(offset=original, duplicate=True)
+                known = self._known(message_id)
+                if known is not None:
+                    if known.digest != digest:
+                        raise SequenceConflict(
+                            self.name, producer_id=producer_id, sequence=sequence, offset=known.offset
+                        )
+                    return Ack(offset=known.offset, duplicate=True)
             size = len(payload)
-            if size > self.max_bytes:
-                raise MessageTooLarge(self.name, size=size, max_bytes=self.max_bytes)
+            self._check_size(size)
             if not self._fits(size):
                 raise self._full(size, now)
+            self._take_budget(size)
             message = StoredMessage(
                 topic=self.name,
                 offset=self._next_offset,
@@ -258,9 +321,15 @@ class TopicStore:
                 sequence=sequence,
                 published_at_ns=self._wall_clock_ns(),
                 stored_at=now,
+                digest=digest,
             )
             if self._message_log is not None:
-                self._message_log.append(_to_record(message))  # on disk before anyone is told
+                try:
+                    self._message_log.append(_to_record(message))  # on disk before anyone is told
+                except BaseException:
+                    if self._budget is not None:
+                        self._budget.give_back(size)
+                    raise
             self._store(message, message_id)
             return Ack(offset=message.offset, duplicate=False)
 
@@ -273,6 +342,23 @@ class TopicStore:
             self._changed.notify_all()
             if self._message_log is not None:
                 self._message_log.close()
+
+    def wake(self) -> None:
+        """Wake every reader in wait_for, so one whose client left notices at once instead of at its timeout."""
+        with self._changed:
+            self._changed.notify_all()
+
+    def release_expired(self) -> None:
+        """Release what retention says is due now; the broker sweeps idle topics with it when it is full."""
+        with self._lock:
+            self._release_expired(self._clock())
+
+    def next_expiry(self) -> float | None:
+        """Seconds until the oldest retained message expires; None without retention or messages."""
+        with self._lock:
+            if self.retention <= 0 or self._head == len(self._log):
+                return None
+            return max(self._log[self._head].stored_at + self.retention - self._clock(), 0.0)
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -313,7 +399,7 @@ class TopicStore:
         """Offset of the oldest retained message; equals next_offset when nothing is retained."""
         with self._lock:
             self._release_expired(self._clock())
-            return self._next_offset - (len(self._log) - self._head)
+            return self._first_retained()
 
     @property
     def next_offset(self) -> int:
@@ -347,12 +433,17 @@ class TopicStore:
         """Fill the new store from its log; the log is closed if that fails, as nobody else holds it."""
         try:
             with self._lock:
+                recovery = log.recover()
                 now = self._clock()
                 wall_now_ns = self._wall_clock_ns()
-                for record in log.recover():
+                for released in recovery.released:
+                    self._remember_released(
+                        (released.producer_id, released.sequence), _Known(released.offset, released.digest)
+                    )
+                for record in recovery.records:
                     self._restore(record, now, wall_now_ns)
-                self._next_offset = log.next_offset
-                log.release_before(self._next_offset - (len(self._log) - self._head))
+                self._next_offset = max(self._next_offset, recovery.next_offset)
+                log.release(self._first_retained(), self._remembered_from())
         except BaseException:
             log.close()
             raise
@@ -371,6 +462,7 @@ class TopicStore:
             sequence=record.sequence,
             published_at_ns=record.published_at_ns,
             stored_at=now - age,
+            digest=record.digest,
         )
         message_id = (record.producer_id, record.sequence) if record.producer_id else None
         # Only a prefix is ever released, as at run time, even if the wall clock went backwards.
@@ -378,20 +470,35 @@ class TopicStore:
         if nothing_retained and self.retention > 0 and message.stored_at <= now - self.retention:
             self._next_offset = record.offset + 1
             if message_id is not None:
-                self._remember_released(message_id, message.offset)
+                self._remember_released(message_id, _Known(message.offset, message.digest))
         else:
             self._next_offset = record.offset  # _store takes the offset and moves past it
+            if self._budget is not None:
+                self._budget.add(message.size)
             self._store(message, message_id)
 
-    def _known_offset(self, message_id: _MessageId) -> int | None:
-        original = self._retained_ids.get(message_id)
-        if original is None:
-            original = self._released_ids.get(message_id)
-        return original
+    def _known(self, message_id: _MessageId) -> _Known | None:
+        known = self._retained_ids.get(message_id)
+        if known is None:
+            known = self._released_ids.get(message_id)
+        return known
+
+    def _check_size(self, size: int) -> None:
+        limit, setting = self.max_bytes, "broker.max_bytes"
+        if self._budget is not None and self._budget.limit < limit:
+            limit, setting = self._budget.limit, "broker.max_total_bytes"
+        if size > limit:
+            raise MessageTooLarge(self.name, size=size, limit=limit, setting=setting)
 
     def _fits(self, size: int) -> bool:
         count = len(self._log) - self._head
         return count + 1 <= self.max_messages and self._bytes + size <= self.max_bytes
+
+    def _take_budget(self, size: int) -> None:
+        if self._budget is not None and not self._budget.take(size):
+            raise BrokerFull(
+                self.name, total_bytes=self._budget.used, max_total_bytes=self._budget.limit, retry_after=None
+            )
 
     def _full(self, size: int, now: float) -> TopicFull:
         return TopicFull(
@@ -424,8 +531,17 @@ class TopicStore:
         self._bytes += message.size
         self._next_offset += 1
         if message_id is not None:
-            self._retained_ids[message_id] = message.offset
+            self._retained_ids[message_id] = _Known(message.offset, message.digest)
         self._changed.notify_all()
+
+    def _first_retained(self) -> int:
+        return self._next_offset - (len(self._log) - self._head)
+
+    def _remembered_from(self) -> int:
+        """The offset of the oldest released id still remembered; everything below it is forgotten."""
+        for known in self._released_ids.values():
+            return known.offset
+        return self._first_retained()
 
     def _release_expired(self, now: float) -> None:
         if self.retention <= 0:
@@ -435,7 +551,7 @@ class TopicStore:
         while self._head < len(self._log) and self._log[self._head].stored_at <= deadline:
             self._release_oldest()
         if self._message_log is not None and self._head > head:
-            self._message_log.release_before(self._next_offset - (len(self._log) - self._head))
+            self._message_log.release(self._first_retained(), self._remembered_from())
         if self._head >= _COMPACT_MIN_HEAD and self._head * 2 >= len(self._log):
             del self._log[: self._head]
             self._head = 0
@@ -444,25 +560,28 @@ class TopicStore:
         message = self._log[self._head]
         self._head += 1
         self._bytes -= message.size
+        if self._budget is not None:
+            self._budget.give_back(message.size)
         if message.producer_id:
             message_id = (message.producer_id, message.sequence)
             self._retained_ids.pop(message_id, None)
-            self._remember_released(message_id, message.offset)
+            self._remember_released(message_id, _Known(message.offset, message.digest))
 
-    def _remember_released(self, message_id: _MessageId, offset: int) -> None:
+    def _remember_released(self, message_id: _MessageId, known: _Known) -> None:
         if self._released_id_memory == 0:
             return
-        self._released_ids[message_id] = offset
+        self._released_ids[message_id] = known
         while len(self._released_ids) > self._released_id_memory:
             self._released_ids.popitem(last=False)
 
 
 class Broker:
-    """All topics of one broker, created on first use with the same limits.
+    """All topics of one broker, created on first use with the same limits, within the broker-wide caps.
 
     With ``storage`` the broker is durable: every topic found there is recovered when the broker is made,
     and new topics get a log too. Closing the broker closes the storage, which a caller that fails to make
-    the broker still has to close itself.
+    the broker still has to close itself. ``max_topics`` and ``max_total_bytes`` of None mean no cap;
+    recovered topics and bytes count against the caps but are all kept, even beyond them.
     """
 
     def __init__(
@@ -471,15 +590,21 @@ class Broker:
         max_messages: int,
         max_bytes: int,
         retention: float = 0.0,
+        max_topics: int | None = None,
+        max_total_bytes: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock_ns: Callable[[], int] = time.time_ns,
         released_id_memory: int = DEFAULT_RELEASED_ID_MEMORY,
         storage: Storage | None = None,
     ) -> None:
         _check_limits(max_messages=max_messages, max_bytes=max_bytes, retention=retention)
+        if max_topics is not None and max_topics < 1:
+            raise ValueError(f"max_topics must be >= 1, got {max_topics}")
         self._max_messages = max_messages
         self._max_bytes = max_bytes
         self._retention = retention
+        self._max_topics = max_topics
+        self._budget = None if max_total_bytes is None else ByteBudget(max_total_bytes)
         self._clock = clock
         self._wall_clock_ns = wall_clock_ns
         self._released_id_memory = released_id_memory
@@ -493,7 +618,8 @@ class Broker:
     def topic(self, name: str) -> TopicStore:
         """The named topic, created empty if new; after close() a new topic is born closed.
 
-        Raises StorageFailed when a durable broker cannot create the topic's log.
+        Raises TooManyTopics past max_topics, and StorageFailed when a durable broker cannot create the
+        topic's log (nothing of the topic is left behind then).
         """
         with self._lock:
             store = self._topics.get(name)
@@ -502,9 +628,40 @@ class Broker:
                     store = self._new_store(name, None)
                     store.close()
                 else:
+                    if self._max_topics is not None and len(self._topics) >= self._max_topics:
+                        raise TooManyTopics(name, topics=len(self._topics), max_topics=self._max_topics)
                     store = self._new_store(name, None if self._storage is None else self._storage.open_log(name))
                 self._topics[name] = store
             return store
+
+    def append(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        headers: Mapping[str, str] | None = None,
+        producer_id: str = "",
+        sequence: int = 0,
+    ) -> Ack:
+        """Append to the named topic (created if new), as TopicStore.append does, within the broker-wide caps.
+
+        When all topics together are full, messages that retention already lets go are released in every
+        topic (idle topics release nothing by themselves) before the publish is refused with BrokerFull.
+        """
+        store = self.topic(topic)
+        try:
+            return store.append(payload, headers=headers, producer_id=producer_id, sequence=sequence)
+        except BrokerFull:
+            self._release_expired_everywhere()
+        try:
+            return store.append(payload, headers=headers, producer_id=producer_id, sequence=sequence)
+        except BrokerFull as full:
+            raise BrokerFull(
+                full.topic,
+                total_bytes=full.total_bytes,
+                max_total_bytes=full.max_total_bytes,
+                retry_after=self._earliest_expiry(),
+            ) from None
 
     def get(self, name: str) -> TopicStore | None:
         """The named topic if it exists, without creating it."""
@@ -515,6 +672,11 @@ class Broker:
         """Names of the topics created so far, sorted."""
         with self._lock:
             return sorted(self._topics)
+
+    @property
+    def total_bytes(self) -> int:
+        """Payload bytes retained by all topics (counted only with max_total_bytes)."""
+        return 0 if self._budget is None else self._budget.used
 
     def close(self) -> None:
         """Close every topic, waking all waiting subscribers, then the storage."""
@@ -534,8 +696,20 @@ class Broker:
         with self._lock:
             return self._closed
 
+    def _stores(self) -> list[TopicStore]:
+        with self._lock:
+            return list(self._topics.values())
+
+    def _release_expired_everywhere(self) -> None:
+        for store in self._stores():  # one topic lock at a time, never nested
+            store.release_expired()
+
+    def _earliest_expiry(self) -> float | None:
+        expiries = [expiry for store in self._stores() if (expiry := store.next_expiry()) is not None]
+        return min(expiries, default=None)
+
     def _recover(self, storage: Storage) -> None:
-        """Recover every stored topic; on failure close the logs already open, so their files are released."""
+        """Recover every stored topic; on failure close the logs already open."""
         try:
             for name in storage.topic_names():
                 self._topics[name] = self._new_store(name, storage.open_log(name))
@@ -554,6 +728,7 @@ class Broker:
             wall_clock_ns=self._wall_clock_ns,
             released_id_memory=self._released_id_memory,
             log=log,
+            budget=self._budget,
         )
 
 
@@ -565,6 +740,7 @@ def _to_record(message: StoredMessage) -> Record:
         published_at_ns=message.published_at_ns,
         headers=message.headers,
         payload=message.payload,
+        digest=message.digest,
     )
 
 

@@ -8,7 +8,9 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +18,11 @@ import grpc
 import pytest
 import structlog
 
-from rxstreamer.broker import BrokerError, BrokerOptions, serve, start_broker
-from rxstreamer.broker.segments import segment_name
+from rxstreamer.broker import Broker, BrokerError, BrokerOptions, MessageQueueServicer, serve, start_broker
+from rxstreamer.broker.database import DATABASE_FILE, Database
 from rxstreamer.proto import mq_pb2, mq_pb2_grpc
 from tests.broker.test_server import RPC_TIMEOUT, _Lines, publish, subscribe, take
+from tests.processes import catches, end_process
 
 pytestmark = pytest.mark.integration
 
@@ -54,14 +57,7 @@ class BrokerProcess:
 
     def end(self) -> str:
         """Make sure the process is gone and return what it wrote to stderr."""
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(RPC_TIMEOUT)
-        stderr = self.process.stderr.read() if self.process.stderr else ""
-        for pipe in (self.process.stdout, self.process.stderr):
-            if pipe:
-                pipe.close()
-        return stderr
+        return end_process(self.process, RPC_TIMEOUT)
 
 
 @pytest.fixture
@@ -153,6 +149,30 @@ def test_second_broker_on_the_same_directory_is_refused(tmp_path: Path, processe
     assert first.process.poll() is None
 
 
+def test_sigterm_while_recovering_is_a_clean_stop(tmp_path: Path, processes: list[BrokerProcess]) -> None:
+    """serve() takes its signals before it opens the data directory: a SIGTERM then stops it with exit 0.
+
+    The directory's write probe is a FIFO, so opening the directory blocks until the test opens the other
+    end: the signal certainly arrives before the broker listens.
+    """
+    os.mkfifo(tmp_path / ".write-probe")
+    broker = BrokerProcess(tmp_path)
+    processes.append(broker)
+    deadline = time.monotonic() + START_TIMEOUT
+    while not catches(broker.process.pid, signal.SIGTERM):
+        assert broker.process.poll() is None, "the broker exited before it had a SIGTERM handler"
+        assert time.monotonic() < deadline, "no SIGTERM handler while the broker was starting"
+        threading.Event().wait(0.001)
+    broker.process.send_signal(signal.SIGTERM)
+    probe = os.open(tmp_path / ".write-probe", os.O_RDONLY | os.O_NONBLOCK)  # lets the start go on
+    try:
+        assert broker.process.wait(START_TIMEOUT) == 0
+    finally:
+        os.close(probe)
+    assert broker.lines.wait_for_event("broker.stopping", timeout=RPC_TIMEOUT)["signal"] == "SIGTERM"
+    broker.lines.wait_for_event("broker.stopped", timeout=RPC_TIMEOUT)
+
+
 def test_started_and_recovered_are_logged(tmp_path: Path) -> None:
     """broker.started names the data directory and fsync policy, after one broker.recovered per topic."""
     with start_broker(BrokerOptions(listen="127.0.0.1:0", data_dir=tmp_path)) as running:
@@ -208,23 +228,34 @@ def test_invalid_fsync_policy_is_a_broker_error(tmp_path: Path) -> None:
     assert not (tmp_path / "data").exists()
 
 
-def test_corrupt_log_refuses_to_start_and_releases_the_directory(tmp_path: Path) -> None:
-    """Mid-file corruption is a BrokerError naming file and byte; the lock is not left held."""
+def test_corrupt_database_refuses_to_start_and_releases_the_directory(tmp_path: Path) -> None:
+    """A damaged database is a one-line BrokerError naming the file; the lock is not left held."""
     with start_broker(BrokerOptions(listen="127.0.0.1:0", data_dir=tmp_path)) as running:
         for payload in (b"a", b"b", b"c"):
             running.topics.topic("gpu").append(payload)
-    segment = tmp_path / "gpu" / segment_name(0)
-    data = bytearray(segment.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    segment.write_bytes(bytes(data))
-    pattern = (
-        rf"^cannot recover data directory {re.escape(str(tmp_path))}: {re.escape(str(segment))} is corrupt at byte"
-    )
-    with pytest.raises(BrokerError, match=pattern):
+    database = tmp_path / DATABASE_FILE
+    data = bytearray(database.read_bytes())
+    data[len(data) - 4096 :] = b"\xa5" * 4096  # the last page
+    database.write_bytes(bytes(data))
+    pattern = rf"^database {re.escape(str(database))} is corrupt \(.+\); refusing to start rather than lose"
+    with pytest.raises(BrokerError, match=pattern) as refused:
         start_broker(BrokerOptions(listen="127.0.0.1:0", data_dir=tmp_path))
-    segment.rename(tmp_path / "damaged.log.bak")
+    assert "\n" not in str(refused.value)
+    database.rename(tmp_path / "damaged.sqlite3.bak")
     with start_broker(BrokerOptions(listen="127.0.0.1:0", data_dir=tmp_path)) as running:
-        assert running.topics.topic("gpu").next_offset == 0
+        assert running.topics.names() == []
+
+
+def test_old_segment_logs_are_refused_not_ignored(tmp_path: Path) -> None:
+    """A directory written by the segment-log broker is refused with a pointer, rather than seeming empty."""
+    (tmp_path / "gpu").mkdir()
+    (tmp_path / "gpu" / "00000000000000000000.log").write_bytes(b"old records")
+    with pytest.raises(BrokerError) as refused:
+        start_broker(BrokerOptions(listen="127.0.0.1:0", data_dir=tmp_path))
+    assert str(refused.value) == (
+        f"data directory {tmp_path} holds topic logs of the old segment format ({tmp_path / 'gpu'}); this broker "
+        f"keeps topics in {tmp_path / DATABASE_FILE} and does not read them: move them away"
+    )
 
 
 def test_failed_bind_releases_the_directory(tmp_path: Path) -> None:
@@ -236,16 +267,37 @@ def test_failed_bind_releases_the_directory(tmp_path: Path) -> None:
     start_broker(BrokerOptions(listen="127.0.0.1:0", data_dir=tmp_path)).stop(grace=0)
 
 
-def test_topic_whose_log_cannot_be_created_is_unavailable(tmp_path: Path) -> None:
-    """A publish that cannot reach the disk is refused as retryable UNAVAILABLE, not acknowledged."""
-    with start_broker(BrokerOptions(listen="127.0.0.1:0", data_dir=tmp_path)) as running:
-        (tmp_path / "blocked").write_text("a file where the topic directory would go")
-        with grpc.insecure_channel(running.address) as channel:
+def test_full_database_is_unavailable_and_logged_once_per_episode(tmp_path: Path) -> None:
+    """Publishes the database has no room for are UNAVAILABLE; storage_failed once, storage_recovered after."""
+    Database.open(tmp_path).close()
+    database = Database.open(tmp_path, max_pages=(tmp_path / DATABASE_FILE).stat().st_size // 4096 + 2)
+    topics = Broker(max_messages=100, max_bytes=1 << 20, storage=database)
+    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    mq_pb2_grpc.add_MessageQueueServicer_to_server(MessageQueueServicer(topics), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with structlog.testing.capture_logs() as logs, grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = mq_pb2_grpc.MessageQueueStub(channel)
-            with pytest.raises(grpc.RpcError) as refused:
-                publish(stub, b"x", topic="blocked")
-            assert publish(stub, b"y").offset == 0
-    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert f"topic blocked cannot be written to disk: cannot create {tmp_path / 'blocked'}" in (
-        refused.value.details() or ""
+            publish(stub, b"small")  # creates the topic
+            refusals = []
+            for _ in range(3):
+                with pytest.raises(grpc.RpcError) as refused:
+                    publish(stub, b"x" * 100_000)
+                refusals.append((refused.value.code(), refused.value.details()))
+            assert publish(stub, b"fits").offset == 1
+    finally:
+        server.stop(None).wait()
+        topics.close()
+    assert (
+        refusals
+        == [
+            (grpc.StatusCode.UNAVAILABLE, "topic gpu cannot be written to disk: database or disk is full (SQLITE_FULL)")
+        ]
+        * 3
     )
+    events = [(entry["event"], entry.get("path"), entry.get("reason")) for entry in logs]
+    assert events == [
+        ("broker.storage_failed", str(tmp_path / DATABASE_FILE), "database or disk is full (SQLITE_FULL)"),
+        ("broker.storage_recovered", None, None),
+    ]

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import errno
+import os
+import sqlite3
 from pathlib import Path
 
 import pytest
 
-from rxstreamer.broker.datadir import DataDir, topic_directory_name
-from rxstreamer.broker.framing import Record, encode
-from rxstreamer.broker.segments import segment_name
-from rxstreamer.broker.store import Ack, Broker, StorageFailed, TopicFull
+from rxstreamer.broker.database import DATABASE_FILE, Database
+from rxstreamer.broker.errors import DataDirError
+from rxstreamer.broker.store import Ack, Broker, SequenceConflict, StorageFailed, TooManyTopics, TopicFull
 
 WALL_START_NS = 1_700_000_000_000_000_000
 
@@ -43,22 +43,25 @@ def open_broker(
     *,
     retention: float = 0.0,
     max_messages: int = 100,
-    segment_bytes: int = 1 << 20,
-    fsync_fails: bool = False,
+    max_topics: int | None = None,
+    released_id_memory: int = 100_000,
+    max_pages: int | None = None,
 ) -> Broker:
-    def fsync(fd: int) -> None:
-        if fsync_fails:
-            raise OSError(errno.EIO, "Input/output error")
-
-    storage = DataDir.open(path, policy="always", segment_bytes=segment_bytes, fsync=fsync)
-    return Broker(
-        max_messages=max_messages,
-        max_bytes=10_000,
-        retention=retention,
-        clock=clocks.now,
-        wall_clock_ns=clocks.wall,
-        storage=storage,
-    )
+    storage = Database.open(path, policy="always", max_pages=max_pages)
+    try:
+        return Broker(
+            max_messages=max_messages,
+            max_bytes=10_000,
+            retention=retention,
+            max_topics=max_topics,
+            clock=clocks.now,
+            wall_clock_ns=clocks.wall,
+            released_id_memory=released_id_memory,
+            storage=storage,
+        )
+    except BaseException:
+        storage.close()
+        raise
 
 
 def restart(
@@ -68,15 +71,22 @@ def restart(
     *,
     retention: float = 0.0,
     max_messages: int = 100,
-    fsync_fails: bool = False,
+    released_id_memory: int = 100_000,
 ) -> Broker:
-    """Stop ``broker`` and start another on its directory (with the policy "always", close adds no flush)."""
+    """Stop ``broker`` and start another on its directory."""
     broker.close()
-    return open_broker(path, clocks, retention=retention, max_messages=max_messages, fsync_fails=fsync_fails)
+    return open_broker(
+        path, clocks, retention=retention, max_messages=max_messages, released_id_memory=released_id_memory
+    )
 
 
-def topic_files(path: Path, topic: str = "t") -> list[str]:
-    return sorted(file.name for file in (path / topic_directory_name(topic)).iterdir())
+def rows(path: Path, query: str) -> list[tuple[object, ...]]:
+    """What the database holds, read with a connection of the test's own while no broker has it open."""
+    connection = sqlite3.connect(path / DATABASE_FILE)
+    try:
+        return connection.execute(query).fetchall()
+    finally:
+        connection.close()
 
 
 def test_messages_survive_a_restart(tmp_path: Path) -> None:
@@ -152,24 +162,71 @@ def test_retention_counts_time_spent_down(tmp_path: Path) -> None:
     broker.close()
 
 
-def test_released_segments_are_deleted_and_offsets_are_not_reused(tmp_path: Path) -> None:
-    """Retention deletes segments whole once all their messages are released; offsets carry on after."""
+def test_released_rows_are_deleted_and_offsets_are_not_reused(tmp_path: Path) -> None:
+    """Retention deletes released rows (keeping their ids); offsets carry on after everything is released."""
     clocks = Clocks()
-    one_record = len(encode(Record(0, "", 0, WALL_START_NS, {}, b"x")))
-    broker = open_broker(tmp_path, clocks, retention=10.0, segment_bytes=2 * one_record)
+    broker = open_broker(tmp_path, clocks, retention=10.0)
     store = broker.topic("t")
-    for _ in range(3):  # segments 0 (offsets 0, 1) and 2 (offset 2)
-        store.append(b"x")
-        clocks.advance(3.0)
-    assert topic_files(tmp_path) == [segment_name(0), segment_name(2)]
-    clocks.advance(1.0)  # offset 0 is 10 s old: segment 0 still holds offset 1
-    assert (store.first_offset, topic_files(tmp_path)) == (1, [segment_name(0), segment_name(2)])
-    clocks.advance(3.0)  # offset 1 expires: segment 0 is all released
-    assert (store.first_offset, topic_files(tmp_path)) == (2, [segment_name(2)])
-    clocks.advance(3.0)  # everything released: an empty segment keeps the next offset
-    assert (store.first_offset, topic_files(tmp_path)) == (3, [segment_name(3)])
-    broker = restart(broker, tmp_path, clocks, retention=10.0)
+    for sequence in range(3):
+        store.append(b"x", producer_id="p", sequence=sequence)
+        clocks.advance(4.0)
+    assert store.first_offset == 1  # offset 0 is 12 s old
+    clocks.advance(8.0)  # everything released
+    assert store.first_offset == 3
+    broker.close()
+    assert rows(tmp_path, "SELECT count(*) FROM messages") == [(0,)]
+    assert rows(tmp_path, "SELECT producer_id, sequence, offset FROM released_ids ORDER BY offset") == [
+        ("p", 0, 0),
+        ("p", 1, 1),
+        ("p", 2, 2),
+    ]
+    broker = open_broker(tmp_path, clocks, retention=10.0)
     assert broker.topic("t").append(b"y").offset == 3
+    broker.close()
+
+
+def test_released_ids_are_remembered_across_restarts_within_the_memory(tmp_path: Path) -> None:
+    """A re-send of a message released before the restart is a duplicate; the oldest ids beyond the memory go."""
+    clocks = Clocks()
+    broker = open_broker(tmp_path, clocks, retention=1.0, released_id_memory=2)
+    for sequence in range(3):
+        broker.topic("t").append(b"m%d" % sequence, producer_id="p", sequence=sequence)
+    clocks.advance(2.0)
+    assert broker.topic("t").retained_messages == 0
+    broker = restart(broker, tmp_path, clocks, retention=1.0, released_id_memory=2)
+    store = broker.topic("t")
+    assert store.append(b"m2", producer_id="p", sequence=2) == Ack(offset=2, duplicate=True)
+    assert store.append(b"m1", producer_id="p", sequence=1) == Ack(offset=1, duplicate=True)
+    with pytest.raises(SequenceConflict):
+        store.append(b"other", producer_id="p", sequence=1)
+    assert store.append(b"m0", producer_id="p", sequence=0) == Ack(offset=3, duplicate=False)  # forgotten
+    broker.close()
+    assert rows(tmp_path, "SELECT sequence FROM released_ids ORDER BY offset") == [(1,), (2,)]
+
+
+def test_conflict_is_detected_after_a_restart(tmp_path: Path) -> None:
+    """The digest is stored with the message, so other content under a recovered id is still refused."""
+    clocks = Clocks()
+    broker = open_broker(tmp_path, clocks)
+    broker.topic("t").append(b"file a", producer_id="p", sequence=1)
+    broker = restart(broker, tmp_path, clocks)
+    with pytest.raises(SequenceConflict, match="producer 'p' already published sequence 1 with different content"):
+        broker.topic("t").append(b"file b", producer_id="p", sequence=1)
+    assert broker.topic("t").append(b"file a", producer_id="p", sequence=1) == Ack(offset=0, duplicate=True)
+    broker.close()
+
+
+def test_many_topics_cost_no_file_descriptors(tmp_path: Path) -> None:
+    """A thousand topics open nothing beyond the database's own few descriptors."""
+    clocks = Clocks()
+    broker = open_broker(tmp_path, clocks)
+    broker.topic("first").append(b"x")
+    before = len(os.listdir("/proc/self/fd"))
+    for index in range(1000):
+        broker.topic(f"t{index}").append(b"x")
+    assert len(os.listdir("/proc/self/fd")) <= before  # other tests' channels may still be closing theirs
+    broker = restart(broker, tmp_path, clocks)
+    assert len(broker.names()) == 1001
     broker.close()
 
 
@@ -198,16 +255,116 @@ def test_messages_beyond_lowered_limits_are_kept(tmp_path: Path) -> None:
     broker.close()
 
 
-def test_storage_failure_refuses_the_publish(tmp_path: Path) -> None:
-    """A message whose log write fails is neither stored nor acknowledged, and takes no offset."""
+def test_full_database_refuses_the_publish_and_stores_nothing(tmp_path: Path) -> None:
+    """A message SQLite cannot write (the database is at its size cap) is neither stored, acked, nor numbered."""
     clocks = Clocks()
     broker = open_broker(tmp_path, clocks)
     broker.topic("t").append(b"a")
-    broker = restart(broker, tmp_path, clocks, fsync_fails=True)
+    broker.close()
+    pages = rows(tmp_path, "PRAGMA page_count")[0][0]
+    assert isinstance(pages, int)
+    broker = open_broker(tmp_path, clocks, max_pages=pages)
     store = broker.topic("t")
-    with pytest.raises(StorageFailed, match="topic t cannot be written to disk: fsync of"):
-        store.append(b"b")
+    with pytest.raises(StorageFailed) as refused:
+        store.append(os.urandom(8_000))
+    assert refused.value.reason == "database or disk is full (SQLITE_FULL)"
+    assert refused.value.path == str(tmp_path / DATABASE_FILE)
     assert (store.next_offset, store.retained_messages) == (1, 1)
+    assert store.append(b"b").offset == 1  # not sticky: room may come back (here: the small row fits)
+    broker = restart(broker, tmp_path, clocks)
+    assert [m.payload for m in broker.topic("t").read_from(0)] == [b"a", b"b"]
+    broker.close()
+
+
+def test_topic_that_cannot_be_created_leaves_nothing_behind(tmp_path: Path) -> None:
+    """A topic whose row cannot be written, or that is one too many, is not there after a restart."""
+    clocks = Clocks()
+    broker = open_broker(tmp_path, clocks, max_topics=2)
+    broker.topic("a").append(b"x" * 3000)
+    broker.topic("b")
+    with pytest.raises(TooManyTopics):
+        broker.topic("c")
+    broker.close()
+    pages = rows(tmp_path, "PRAGMA page_count")[0][0]
+    assert isinstance(pages, int)
+    broker = open_broker(tmp_path, clocks, max_pages=pages)
+    for index in range(200):  # fill the last free pages with topic rows until one fails
+        try:
+            broker.topic(f"t{index:03d}-" + "n" * 200)
+        except StorageFailed:
+            failed = f"t{index:03d}-" + "n" * 200
+            break
+    else:
+        raise AssertionError("the database never filled up")
+    assert failed not in broker.names()
+    broker = restart(broker, tmp_path, clocks)
+    assert failed not in broker.names()
+    assert "c" not in broker.names()
+    broker.close()
+
+
+def test_foreign_sqlite_database_is_refused(tmp_path: Path) -> None:
+    """A SQLite file that is not the broker's, where its database belongs, is refused and left alone."""
+    connection = sqlite3.connect(tmp_path / DATABASE_FILE)
+    connection.execute("CREATE TABLE other (x)")
+    connection.close()
+    with pytest.raises(DataDirError) as refused:
+        Database.open(tmp_path)
+    assert (
+        str(refused.value)
+        == f"{tmp_path / DATABASE_FILE} is not a broker database (SQLite application_id 0): move it away"
+    )
+    assert rows(tmp_path, "SELECT name FROM sqlite_schema") == [("other",)]
+
+
+def test_second_open_of_a_directory_is_refused(tmp_path: Path) -> None:
+    """The directory lock keeps a second broker out, naming the holder."""
+    first = Database.open(tmp_path)
+    try:
+        with pytest.raises(DataDirError, match=rf"^data directory {tmp_path} is in use by another broker \(pid "):
+            Database.open(tmp_path)
+    finally:
+        first.close()
+    Database.open(tmp_path).close()
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        ("random", "file is not a database (SQLITE_NOTADB)"),
+        ("page", "Page 3: btreeInitPage() returns error code 11"),
+    ],
+)
+def test_corrupt_database_is_refused_never_repaired(tmp_path: Path, damage: str, problem: str) -> None:
+    """Random bytes, or a page overwritten, stop the start with one line; the file is left as it was."""
+    clocks = Clocks()
+    broker = open_broker(tmp_path, clocks)
+    for index in range(20):
+        broker.topic(f"t{index}").append(os.urandom(2000))
+    broker.close()
+    database = tmp_path / DATABASE_FILE
+    if damage == "random":
+        database.write_bytes(b"garbage!" * 8192)
+    else:
+        data = bytearray(database.read_bytes())
+        page_size = int.from_bytes(data[16:18], "big")
+        data[2 * page_size : 3 * page_size] = b"\xa5" * page_size  # page 3: not a valid b-tree page
+        database.write_bytes(bytes(data))
+    damaged = database.read_bytes()
+    with pytest.raises(DataDirError) as refused:
+        open_broker(tmp_path, clocks)
+    message = str(refused.value)
+    assert message.startswith(f"database {database} is corrupt (")
+    assert problem in message
+    assert message.endswith(
+        "); refusing to start rather than lose acknowledged messages "
+        f"(restore it from a backup, or move it and {DATABASE_FILE}-wal away to start empty)"
+    )
+    assert "\n" not in message
+    assert database.read_bytes() == damaged
+    database.unlink()  # the refused start released the directory: once the file is moved away, it starts empty
+    broker = open_broker(tmp_path, clocks)
+    assert broker.names() == []
     broker.close()
 
 
@@ -216,4 +373,4 @@ def test_topic_made_after_close_touches_no_disk(tmp_path: Path) -> None:
     broker = open_broker(tmp_path, Clocks())
     broker.close()
     assert broker.topic("late").closed is True
-    assert not (tmp_path / "late").exists()
+    assert rows(tmp_path, "SELECT name FROM topics") == []

@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rxstreamer.broker import BrokerError, BrokerOptions, RunningBroker, serve, start_broker
 from rxstreamer.proto import mq_pb2, mq_pb2_grpc
+from tests.processes import end_process
 
 pytestmark = pytest.mark.integration
 
@@ -406,4 +407,197 @@ def test_serve_process_stops_gracefully_on_sigterm() -> None:
         for pipe in (process.stdout, process.stderr):
             if pipe:
                 pipe.close()
+    assert "Traceback" not in stderr
+
+
+# -- refusals added with the broker-wide caps and conflict detection ---------------------------------
+
+
+def refusal(call: Callable[[], object]) -> tuple[grpc.StatusCode, str, dict[str, str | bytes]]:
+    """The status code, details and trailing metadata of a call that must fail."""
+    with pytest.raises(grpc.RpcError) as refused:
+        call()
+    return refused.value.code(), refused.value.details() or "", metadata(refused.value)
+
+
+def test_too_large_publish_status_by_size_band(make_broker: BrokerFactory) -> None:
+    """What a producer gets at each size, so it can tell "never" from "later" (the streamer relies on this).
+
+    Up to max_bytes: stored. Above it, while the request fits gRPC's receive limit (max_bytes + 1 MiB):
+    INVALID_ARGUMENT naming size and setting. Beyond: gRPC's own RESOURCE_EXHAUSTED "larger than max",
+    which is final too although its code says otherwise.
+    """
+    broker = make_broker(max_bytes=1000)
+    limit = 1000 + (1 << 20)
+
+    def request(size: int, sequence: int) -> mq_pb2.PublishRequest:
+        return mq_pb2.PublishRequest(topic="gpu", payload=b"x" * size, producer_id="p", sequence=sequence)
+
+    framing = 14  # topic, producer_id, sequence and the payload's tag and length, serialised
+    largest_read = request(limit - framing, 3)  # the largest request gRPC still reads: exactly at the limit
+    assert largest_read.ByteSize() == limit
+    with grpc.insecure_channel(broker.address) as channel:
+        stub = mq_pb2_grpc.MessageQueueStub(channel)
+        stored = stub.Publish(request(1000, 1), timeout=RPC_TIMEOUT)
+        just_above = refusal(lambda: stub.Publish(request(1001, 2), timeout=RPC_TIMEOUT))
+        at_limit = refusal(lambda: stub.Publish(largest_read, timeout=RPC_TIMEOUT))
+        beyond = refusal(lambda: stub.Publish(request(limit - framing + 1, 4), timeout=RPC_TIMEOUT))
+    assert (stored.offset, stored.duplicate) == (0, False)
+    assert just_above == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "message of 1001 bytes can never be stored in topic gpu: broker.max_bytes = 1000 bytes is the largest a "
+        "message may be",
+        {},
+    )
+    assert at_limit[:2] == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"message of {limit - framing} bytes can never be stored in topic gpu: broker.max_bytes = 1000 bytes is the "
+        "largest a message may be",
+    )
+    assert beyond == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"SERVER: Received message larger than max ({limit + 1} vs. {limit})",
+        {},
+    )
+
+
+def test_receive_limit_follows_the_smaller_byte_limit(make_broker: BrokerFactory) -> None:
+    """With max_total_bytes below max_bytes, it decides both the INVALID_ARGUMENT and gRPC's read limit."""
+    broker = make_broker(max_bytes=1 << 30, max_total_bytes=1000)
+    with grpc.insecure_channel(broker.address) as channel:
+        stub = mq_pb2_grpc.MessageQueueStub(channel)
+        code, details, _ = refusal(lambda: publish(stub, b"x" * 1001))
+        assert (code, details) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "message of 1001 bytes can never be stored in topic gpu: broker.max_total_bytes = 1000 bytes is the "
+            "largest a message may be",
+        )
+        code, details, _ = refusal(lambda: publish(stub, b"x" * (2 << 20)))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert details.endswith(f"vs. {1000 + (1 << 20)})")
+
+
+def test_reused_identity_with_other_content_is_failed_precondition(stub: mq_pb2_grpc.MessageQueueStub) -> None:
+    """Two streams under one producer id: the second content is refused for good (and logged), not acked."""
+    publish(stub, b"file a, batch 7", producer_id="host:metrics.csv", sequence=7)
+    with structlog.testing.capture_logs() as logs:
+        code, details, _ = refusal(
+            lambda: publish(stub, b"file b, batch 7", producer_id="host:metrics.csv", sequence=7)
+        )
+    assert logs == [
+        {
+            "event": "broker.sequence_conflict",
+            "log_level": "warning",
+            "topic": "gpu",
+            "producer_id": "host:metrics.csv",
+            "sequence": 7,
+            "offset": 0,
+        }
+    ]
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert details.startswith(
+        "producer 'host:metrics.csv' already published sequence 7 with different content: two inputs share one "
+        "producer id"
+    )
+    again = publish(stub, b"file a, batch 7", producer_id="host:metrics.csv", sequence=7)
+    assert (again.offset, again.duplicate) == (0, True)
+
+
+def test_topic_past_max_topics_is_resource_exhausted_and_logged_once(make_broker: BrokerFactory) -> None:
+    """Publish and Subscribe that would create a topic too many are refused, naming the setting; one log line."""
+    broker = make_broker(max_topics=1)
+    with structlog.testing.capture_logs() as logs, grpc.insecure_channel(broker.address) as channel:
+        stub = mq_pb2_grpc.MessageQueueStub(channel)
+        publish(stub, b"a", topic="first")
+        refused = [refusal(lambda: publish(stub, b"b", topic="second")) for _ in range(3)]
+        call = stub.Subscribe(
+            mq_pb2.SubscribeRequest(topic="third", start=mq_pb2.START_POSITION_EARLIEST), timeout=RPC_TIMEOUT
+        )
+        subscribe_refused = refusal(lambda: next(call))
+    expected: tuple[grpc.StatusCode, str, dict[str, str | bytes]] = (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "broker has 1 topics, the most broker.max_topics (1) allows; topic second cannot be created "
+        "(use an existing topic or raise broker.max_topics)",
+        {},
+    )
+    assert refused == [expected] * 3
+    assert subscribe_refused[:2] == (grpc.StatusCode.RESOURCE_EXHAUSTED, expected[1].replace("second", "third"))
+    assert broker.topics.names() == ["first"]
+    assert [entry["event"] for entry in logs] == ["broker.max_topics_reached"]
+
+
+def test_broker_full_is_resource_exhausted_with_hint_and_logged_per_episode(make_broker: BrokerFactory) -> None:
+    """All topics together at max_total_bytes: retryable refusal with retry-after-ms, logged full then room."""
+    broker = make_broker(max_total_bytes=10, retention=0.3)
+    with structlog.testing.capture_logs() as logs, grpc.insecure_channel(broker.address) as channel:
+        stub = mq_pb2_grpc.MessageQueueStub(channel)
+        publish(stub, b"123456", topic="a")
+        refused = [refusal(lambda: publish(stub, b"12345", topic="b")) for _ in range(3)]
+        time.sleep(int(refused[-1][2]["retry-after-ms"]) / 1000)  # the hint itself is under test
+        assert publish(stub, b"12345", topic="b").offset == 0
+    code, details, trailing = refused[0]
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert details.startswith("broker is full: its topics hold 6 bytes, the most broker.max_total_bytes (10) allows")
+    assert 0 < int(trailing["retry-after-ms"]) <= 300
+    events = [entry["event"] for entry in logs]
+    assert events == ["broker.total_bytes_full", "broker.total_bytes_has_room"]
+
+
+def test_refused_subscriber_gets_resource_exhausted_and_health_watch_counts(make_broker: BrokerFactory) -> None:
+    """A health Watch holds a thread like a Subscribe, so it takes a subscriber slot too."""
+    broker = make_broker(max_subscribers=1)
+    with grpc.insecure_channel(broker.address) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=""), timeout=RPC_TIMEOUT
+        )
+        try:
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            call = mq_pb2_grpc.MessageQueueStub(channel).Subscribe(
+                mq_pb2.SubscribeRequest(topic="gpu", start=mq_pb2.START_POSITION_EARLIEST), timeout=RPC_TIMEOUT
+            )
+            code, details, _ = refusal(lambda: next(call))
+        finally:
+            watch.cancel()
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert details.startswith("broker has 1 subscribers, the most broker.max_subscribers allows")
+
+
+class ServeProcess:
+    """serve() with its own signal handlers, in a process of its own (SERVE_SNIPPET)."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", SERVE_SNIPPET],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.lines = _Lines(self.process.stdout)
+
+    def end(self) -> str:
+        return end_process(self.process, RPC_TIMEOUT)
+
+
+def test_serve_process_logs_sighup_and_keeps_serving() -> None:
+    """serve()'s own handlers: SIGHUP is logged as broker.sighup_ignored; messages and service stay."""
+    broker = ServeProcess()
+    try:
+        started = broker.lines.wait_for_event("broker.started", timeout=15.0)
+        with grpc.insecure_channel(f"127.0.0.1:{started['port']}") as channel:
+            stub = mq_pb2_grpc.MessageQueueStub(channel)
+            publish(stub, b"kept")
+            broker.process.send_signal(signal.SIGHUP)
+            ignored = broker.lines.wait_for_event("broker.sighup_ignored", timeout=RPC_TIMEOUT)
+            call = subscribe(stub, mq_pb2.START_POSITION_EARLIEST)
+            try:
+                assert take(call, 1)[0].payload == b"kept"
+            finally:
+                call.cancel()
+        broker.process.send_signal(signal.SIGTERM)
+        assert broker.process.wait(RPC_TIMEOUT) == 0
+        assert broker.lines.wait_for_event("broker.stopping", timeout=RPC_TIMEOUT)["signal"] == "SIGTERM"
+    finally:
+        stderr = broker.end()
+    assert ignored["signal"] == "SIGHUP"
     assert "Traceback" not in stderr

@@ -9,9 +9,12 @@ import pytest
 
 from rxstreamer.broker.store import (
     Broker,
+    BrokerFull,
     MessageTooLarge,
+    SequenceConflict,
     StoreClosed,
     StoredMessage,
+    TooManyTopics,
     TopicFull,
     TopicStore,
 )
@@ -105,7 +108,7 @@ def test_duplicate_is_acked_with_original_offset_and_stored_once() -> None:
     store = make_store()
     store.append(b"a", producer_id="p", sequence=1)
     store.append(b"b", producer_id="p", sequence=2)
-    ack = store.append(b"a again", producer_id="p", sequence=1)
+    ack = store.append(b"a", producer_id="p", sequence=1)
     assert (ack.offset, ack.duplicate) == (0, True)
     assert [m.payload for m in store.read_from(0)] == [b"a", b"b"]
 
@@ -166,7 +169,10 @@ def test_message_larger_than_max_bytes_is_too_large_not_full() -> None:
     store = make_store(max_bytes=4)
     with pytest.raises(MessageTooLarge) as refused:
         store.append(b"12345")
-    assert (refused.value.size, refused.value.max_bytes) == (5, 4)
+    assert (refused.value.size, refused.value.limit, refused.value.setting) == (5, 4, "broker.max_bytes")
+    assert str(refused.value) == (
+        "message of 5 bytes can never be stored in topic t: broker.max_bytes = 4 bytes is the largest a message may be"
+    )
     assert store.next_offset == 0
 
 
@@ -389,3 +395,110 @@ def test_invalid_limits_are_rejected(max_messages: int, max_bytes: int, retentio
     """Limits that make every publish fail, or time run backwards, are configuration errors."""
     with pytest.raises(ValueError, match="must be"):
         TopicStore("t", max_messages=max_messages, max_bytes=max_bytes, retention=retention)
+
+
+# -- a reused identity with other content ------------------------------------------------------------
+
+
+def test_reused_identity_with_other_content_is_a_conflict_not_a_duplicate() -> None:
+    """Two inputs under one producer id: the second content is refused, naming producer and sequence."""
+    store = make_store()
+    store.append(b"file-a batch 1", producer_id="host:metrics.csv", sequence=1)
+    with pytest.raises(SequenceConflict) as refused:
+        store.append(b"file-b batch 1", producer_id="host:metrics.csv", sequence=1)
+    assert str(refused.value) == (
+        "producer 'host:metrics.csv' already published sequence 1 with different content: two inputs share one "
+        "producer id (give each input its own message_queue.producer_id, or leave it unset to derive one per "
+        "input); topic t holds the first at offset 0"
+    )
+    assert [m.payload for m in store.read_from(0)] == [b"file-a batch 1"]
+    assert store.next_offset == 1
+
+
+def test_conflict_is_detected_for_released_messages_too() -> None:
+    """A remembered released id keeps its digest: other content under it is still a conflict."""
+    clock = FakeClock()
+    store = make_store(retention=1.0, clock=clock)
+    store.append(b"a", producer_id="p", sequence=1)
+    clock.advance(2.0)
+    assert store.retained_messages == 0
+    with pytest.raises(SequenceConflict):
+        store.append(b"not a", producer_id="p", sequence=1)
+    assert store.append(b"a", producer_id="p", sequence=1).duplicate is True
+
+
+def test_conflict_is_refused_even_when_the_topic_is_full() -> None:
+    """Identity is checked before room, as for duplicates, so the answer does not depend on fullness."""
+    store = make_store(max_messages=1)
+    store.append(b"a", producer_id="p", sequence=1)
+    with pytest.raises(SequenceConflict):
+        store.append(b"b", producer_id="p", sequence=1)
+
+
+# -- broker-wide caps ---------------------------------------------------------------------------------
+
+
+def test_topic_past_max_topics_is_refused_and_not_created() -> None:
+    """The topic that would be one too many is refused, naming the setting; existing topics still work."""
+    broker = Broker(max_messages=10, max_bytes=100, max_topics=2)
+    broker.append("a", b"x")
+    broker.append("b", b"x")
+    with pytest.raises(TooManyTopics) as refused:
+        broker.append("c", b"x")
+    assert str(refused.value) == (
+        "broker has 2 topics, the most broker.max_topics (2) allows; topic c cannot be created "
+        "(use an existing topic or raise broker.max_topics)"
+    )
+    assert broker.names() == ["a", "b"]
+    assert broker.append("a", b"y").offset == 1
+
+
+def test_total_bytes_across_topics_are_capped() -> None:
+    """Topics each within max_bytes are refused together past max_total_bytes, nothing dropped."""
+    broker = Broker(max_messages=10, max_bytes=100, max_total_bytes=10)
+    broker.append("a", b"123456")
+    with pytest.raises(BrokerFull) as refused:
+        broker.append("b", b"12345")
+    assert (refused.value.total_bytes, refused.value.max_total_bytes, refused.value.retry_after) == (6, 10, None)
+    assert str(refused.value) == (
+        "broker is full: its topics hold 6 bytes, the most broker.max_total_bytes (10) allows; topic b cannot take more"
+    )
+    assert broker.append("b", b"1234").offset == 0
+    assert broker.total_bytes == 10
+
+
+def test_broker_full_sweeps_idle_topics_and_hints_the_earliest_expiry() -> None:
+    """Expired messages of an idle topic free room at once; otherwise the hint is the oldest expiry."""
+    clock = FakeClock()
+    broker = Broker(max_messages=10, max_bytes=100, max_total_bytes=10, retention=10.0, clock=clock)
+    broker.append("idle", b"12345")
+    clock.advance(4.0)
+    broker.append("busy", b"12345")
+    with pytest.raises(BrokerFull) as refused:
+        broker.append("busy", b"1")
+    assert refused.value.retry_after == 6.0  # "idle" expires first
+    clock.advance(6.0)  # "idle" has expired but nobody reads it: the broker sweeps it
+    assert broker.append("busy", b"1").offset == 1
+    assert broker.get("idle") is not None
+    assert broker.total_bytes == 6
+
+
+def test_message_larger_than_max_total_bytes_is_too_large() -> None:
+    """When the broker-wide cap is the smaller limit, a message above it can never fit: named as such."""
+    broker = Broker(max_messages=10, max_bytes=100, max_total_bytes=10)
+    with pytest.raises(MessageTooLarge) as refused:
+        broker.append("t", b"x" * 11)
+    assert (refused.value.limit, refused.value.setting) == (10, "broker.max_total_bytes")
+
+
+def test_released_and_refused_bytes_are_given_back() -> None:
+    """The broker-wide count follows releases, and a refused publish takes nothing from it."""
+    clock = FakeClock()
+    broker = Broker(max_messages=1, max_bytes=100, max_total_bytes=50, retention=1.0, clock=clock)
+    broker.append("t", b"x" * 10)
+    with pytest.raises(TopicFull):
+        broker.append("t", b"y" * 10)
+    assert broker.total_bytes == 10
+    clock.advance(2.0)
+    broker.append("t", b"z" * 20)
+    assert broker.total_bytes == 20
