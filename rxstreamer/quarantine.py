@@ -8,6 +8,11 @@ other::
     rows = CsvRows(path, on_reject=lambda rejection: (quarantine(rejection), reporter(rejection)))
 
 They run on the thread that reads the source, once per rejected record, so neither takes a lock.
+
+A quarantine that cannot write (a full disk, an I/O error) raises ``QuarantineError`` from ``__call__``:
+the operator asked for rejected rows to be kept, so losing them must stop the stream (the exception leaves
+the source's row iterator and ends the pipeline with reason ``error``), never be skipped quietly. ``close``
+never raises, so that the run can still log its summary after such a failure.
 """
 
 from __future__ import annotations
@@ -24,9 +29,29 @@ import structlog
 
 from rxstreamer.model import Rejection
 
-__all__ = ["QUARANTINE_COLUMNS", "Quarantine", "RejectionReporter"]
+__all__ = ["QUARANTINE_COLUMNS", "Quarantine", "QuarantineError", "RejectionReporter", "open_for_append"]
 
 QUARANTINE_COLUMNS: Final = ("line", "reason", "detail", "raw")
+
+Opener = Callable[[Path], TextIO]
+
+
+class QuarantineError(Exception):
+    """A rejected row could not be written to the quarantine file; the message names the path and the reason."""
+
+
+def open_for_append(path: Path) -> TextIO:
+    """Open ``path`` for appending text, without blocking on a FIFO that nobody reads (that fails with ENXIO).
+
+    backslashreplace: raw text from a line of bad UTF-8 must not make the quarantine itself fail.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
+    try:
+        os.set_blocking(fd, True)
+        return open(fd, "a", encoding="utf-8", errors="backslashreplace", newline="")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 class Quarantine:
@@ -37,11 +62,14 @@ class Quarantine:
     when the file is new or empty. Every row is flushed as it is written: a crash of the streamer loses no
     rejection (a crash of the machine may lose the last few; an fsync per row would let a flood of bad
     rows throttle the stream). ``raw`` is the record as read, so the file can be fixed and fed back in.
+
+    ``opener`` opens the file (``open_for_append``); tests hand in one whose writes fail.
     """
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, opener: Opener = open_for_append) -> None:
         self.path = Path(path)
         self.written = 0  # rejections written by this object
+        self._opener = opener
         self._file: TextIO | None = None
         self._writer: Any = None  # csv.writer's type is private to typeshed
 
@@ -49,31 +77,51 @@ class Quarantine:
         """Open the file now (it opens itself on the first rejection); an OSError here names the problem early."""
         if self._file is not None:
             return
-        # backslashreplace: raw text from a line of bad UTF-8 must not make the quarantine itself fail.
-        file = open(self.path, "a", encoding="utf-8", errors="backslashreplace", newline="")  # noqa: SIM115
+        file = self._opener(self.path)
         try:
             writer = csv.writer(file, lineterminator="\n")
             if os.fstat(file.fileno()).st_size == 0:
                 writer.writerow(QUARANTINE_COLUMNS)
                 file.flush()
         except BaseException:
-            file.close()
+            _close_quietly(file)
             raise
         self._file, self._writer = file, writer
 
     def __call__(self, rejection: Rejection) -> None:
-        if self._file is None:
-            self.open()
-        assert self._file is not None
-        self._writer.writerow((rejection.line, rejection.reason, rejection.detail, rejection.raw))
-        self._file.flush()
+        """Append one rejection and flush it, or raise ``QuarantineError`` naming the path and the OS reason."""
+        try:
+            if self._file is None:
+                self.open()
+            assert self._file is not None
+            self._writer.writerow((rejection.line, rejection.reason, rejection.detail, rejection.raw))
+            self._file.flush()
+        except OSError as error:
+            # The row that failed stays in the file object's buffer and would fail again on every later write
+            # and on close: drop the file, so that close() is quiet and a later call starts afresh.
+            self._discard()
+            raise QuarantineError(
+                f"cannot write the rejected row of line {rejection.line} to telemetry.rejected_path {self.path}: "
+                f"{error.strerror or error}"
+            ) from error
         self.written += 1
 
     def close(self) -> None:
-        """Close the file; safe to call more than once, and a later rejection opens it again."""
+        """Close the file; safe to call more than once, and a later rejection opens it again. Never raises.
+
+        The run calls it after the stream ended, just before its summary: a failing last flush is logged
+        (``quarantine.close_failed``) rather than raised, so that the summary is still written.
+        """
         file, self._file, self._writer = self._file, None, None
         if file is not None:
-            file.close()
+            problem = _close_quietly(file)
+            if problem is not None:
+                structlog.get_logger().warning("quarantine.close_failed", path=str(self.path), error=problem)
+
+    def _discard(self) -> None:
+        file, self._file, self._writer = self._file, None, None
+        if file is not None:
+            _close_quietly(file)
 
     def __enter__(self) -> Quarantine:
         return self
@@ -82,6 +130,15 @@ class Quarantine:
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _close_quietly(file: TextIO) -> str | None:
+    """Close ``file`` whatever its last flush does (the descriptor is released either way): the OS reason, if any."""
+    try:
+        file.close()
+    except OSError as error:
+        return error.strerror or str(error)
+    return None
 
 
 class RejectionReporter:

@@ -19,6 +19,13 @@ A quoted field may span lines, but such a record is believed only when it makes 
 first line is rejected as ``unterminated_quote`` and reading resumes on the next line, so that one stray
 or cut-off quote costs one line, never the rest of the file.
 
+A file that changes under the reader is checked for at each end of file, where it costs one ``fstat`` and
+one ``stat``. Growth is fine (the rows appended before the end was reached are read). A file that got
+shorter than it was, or than what was read of it, raises ``SourceShrankError``: rows it held are gone unread,
+and finishing as if the file had ended would report a complete run. A path that names another file now
+(log rotation: the old file renamed, a new one created) is logged as ``source.rotated`` and ends the stream
+normally after the old file's data, in loop mode too: following the new file is another stream.
+
 The bounded reads and per-line checks cost about a tenth more per row than a text-mode ``csv.reader`` over
 the whole file did (4.4 against 4.0 µs a row for ``CsvRows`` on the real export, when this was written).
 """
@@ -34,6 +41,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import reactivex
+import structlog
 from reactivex import abc
 from reactivex.disposable import CompositeDisposable, Disposable
 from reactivex.scheduler import CurrentThreadScheduler
@@ -59,6 +67,7 @@ __all__ = [
     "Position",
     "RejectHandler",
     "SourceError",
+    "SourceShrankError",
     "SourceStats",
     "rows_from_csv",
 ]
@@ -74,9 +83,15 @@ _SKIP_CHUNK = 64 * 1024
 _BOM = b"\xef\xbb\xbf"
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
+log = structlog.get_logger()
+
 
 class SourceError(Exception):
     """The file as a whole cannot be read as a DCGM CSV; the message names the path and the reason."""
+
+
+class SourceShrankError(SourceError):
+    """The file got shorter while it was being read (truncated in place): rows it held were lost unread."""
 
 
 @dataclass
@@ -280,11 +295,35 @@ def _check_start(path: Path, file: BinaryIO, header: _Header, start: Position) -
         raise SourceError(
             f"{path}: start position offset {start.offset} lies beyond the end of the file ({size} bytes)"
         )
-    if start.offset > header.offset:
+    if header.offset < start.offset < size:  # at the very end there is nothing to cut in two
         file.seek(start.offset - 1)
         if file.read(1) != b"\n":
             raise SourceError(f"{path}: start position offset {start.offset} does not follow a line break")
     file.seek(start.offset)
+
+
+def _ended_rotated(path: Path, file: BinaryIO, opened: os.stat_result, offset: int) -> bool:
+    """At the end of ``file``: raise if it shrank, return True (after logging) if ``path`` names another file now.
+
+    ``offset`` is how far the file was read; a size below it, or below the size at opening, means bytes
+    were cut off (the read ended early because of it, or rows past the cut were never reached).
+    """
+    now = os.fstat(file.fileno())
+    before = max(opened.st_size, offset)
+    if now.st_size < before:
+        raise SourceShrankError(
+            f"{path} shrank from {before} to {now.st_size} bytes while being read at offset {offset}"
+        )
+    try:
+        named = os.stat(path)
+    except OSError:
+        replaced_by = "no file"
+    else:
+        if (named.st_dev, named.st_ino) == (now.st_dev, now.st_ino):
+            return False
+        replaced_by = "another file"
+    log.warning("source.rotated", path=str(path), now_names=replaced_by, offset=offset, action="stream ends here")
+    return True
 
 
 class CsvRows:
@@ -354,9 +393,9 @@ class CsvRows:
         pass_number = start.pass_number if start is not None else 0
         while True:
             self.stats.passes += 1
-            good_rows = yield from self._one_pass(pass_number, start)
+            good_rows, rotated = yield from self._one_pass(pass_number, start)
             from_the_top = start is None or start.offset == 0
-            if not self.loop or (good_rows == 0 and from_the_top):
+            if not self.loop or rotated or (good_rows == 0 and from_the_top):
                 return
             start = None
             pass_number += 1
@@ -364,12 +403,13 @@ class CsvRows:
     # PLR0912/PLR0915: the per-line loop is inlined on purpose; it is the hot path of a load generator.
     def _one_pass(  # noqa: PLR0912, PLR0915
         self, pass_number: int, start: Position | None
-    ) -> Generator[MetricRow, None, int]:
-        """Yield the good rows of one read of the file and return how many there were."""
+    ) -> Generator[MetricRow, None, tuple[int, bool]]:
+        """Yield the good rows of one read of the file; return how many there were and whether it was rotated."""
         stats = self.stats
         limit = self.max_field_size
         reject = self._reject
         with _open_binary(self.path) as file:
+            opened = os.fstat(file.fileno())
             header = _read_header(self.path, file, limit, self.sentinels)
             if start is not None and start.offset > 0:
                 _check_start(self.path, file, header, start)  # leaves the file at start.offset
@@ -389,7 +429,7 @@ class CsvRows:
             while True:
                 raw = readline(read_size)
                 if not raw:
-                    return good_rows
+                    return good_rows, _ended_rotated(self.path, file, opened, offset)
                 line += 1
                 # A blank line is not a record (unless it is an over-long run of spaces: then it is rejected).
                 if raw.isspace() and (raw[-1] == 10 or len(raw) < read_size):

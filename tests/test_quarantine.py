@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import csv
+import errno
+import io
+import os
 from pathlib import Path
+from typing import TextIO
 
 import pytest
 import structlog
 from structlog.testing import capture_logs
 
+from rxstreamer.encoding import BatchEncoder
 from rxstreamer.model import Rejection
-from rxstreamer.quarantine import QUARANTINE_COLUMNS, Quarantine, RejectionReporter
+from rxstreamer.pipeline import build_pipeline
+from rxstreamer.publisher import InMemoryPublisher
+from rxstreamer.quarantine import QUARANTINE_COLUMNS, Quarantine, QuarantineError, RejectionReporter
+from rxstreamer.retry import RetryPolicy
 from rxstreamer.source import CsvRows
 
 DATA = Path(__file__).parent / "data"
@@ -117,6 +125,114 @@ def test_quarantine_of_a_real_source_holds_every_rejected_record(tmp_path: Path)
     rows = read_quarantine(path)[1:]
     assert [int(row[0]) for row in rows] == [3, 4, 5, 6, 7, 9, 10]
     assert [row[3] for row in rows] == [source_lines[int(row[0]) - 1] for row in rows]
+
+
+class DiskFills(io.FileIO):
+    """A real file on a device that fills after ``room`` bytes: later writes raise ENOSPC, as write(2) does."""
+
+    def __init__(self, path: Path, room: int) -> None:
+        super().__init__(path, "a")
+        self.room = room
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        if self.room <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        written = super().write(bytes(data[: self.room]))
+        self.room -= written
+        return written
+
+
+class CloseFails(io.FileIO):
+    """A real file whose close reports an I/O error after releasing the descriptor, as NFS may."""
+
+    def close(self) -> None:
+        was_open = not self.closed
+        super().close()
+        if was_open:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+
+def text_over(raw: io.FileIO) -> TextIO:
+    return io.TextIOWrapper(io.BufferedWriter(raw), encoding="utf-8", errors="backslashreplace", newline="")
+
+
+HEADER_AND_ONE_ROW = len("line,reason,detail,raw\n") + len('2,value_not_numeric,detail of line 2,"""x"",""n/a"""\n')
+
+
+def test_a_full_disk_is_a_quarantine_error_naming_the_path_and_the_reason(tmp_path: Path) -> None:
+    """ENOSPC on the second row: QuarantineError with path and OS reason; the first row is kept; close is quiet."""
+    path = tmp_path / "rejected.csv"
+    quarantine = Quarantine(path, opener=lambda opened: text_over(DiskFills(opened, HEADER_AND_ONE_ROW)))
+    quarantine(rejected(2))
+    with pytest.raises(QuarantineError) as raised:
+        quarantine(rejected(5))
+    assert str(raised.value) == (
+        f"cannot write the rejected row of line 5 to telemetry.rejected_path {path}: No space left on device"
+    )
+    assert quarantine.written == 1
+    with capture_logs() as logs:
+        quarantine.close()
+    assert logs == []
+    assert [row[0] for row in read_quarantine(path)] == ["line", "2"]
+
+
+def test_close_never_raises_and_logs_a_failing_last_flush(tmp_path: Path) -> None:
+    """An I/O error reported by close() becomes a quarantine.close_failed warning, so the run's summary follows."""
+    path = tmp_path / "rejected.csv"
+    quarantine = Quarantine(path, opener=lambda opened: text_over(CloseFails(opened, "a")))
+    quarantine(rejected(2))
+    with capture_logs() as logs:
+        quarantine.close()
+        quarantine.close()
+    assert logs == [
+        {"event": "quarantine.close_failed", "log_level": "warning", "path": str(path), "error": "Input/output error"}
+    ]
+
+
+def test_a_quarantine_that_cannot_write_ends_the_source_iteration(tmp_path: Path) -> None:
+    """on_reject runs inside the row iterator: its QuarantineError is the iterator's error, after the rows before."""
+    path = tmp_path / "rejected.csv"
+    room_for_the_header = len("line,reason,detail,raw\n")
+    quarantine = Quarantine(path, opener=lambda opened: text_over(DiskFills(opened, room_for_the_header)))
+    rows = iter(CsvRows(DATA / "bad_rows.csv", on_reject=quarantine))
+    assert next(rows).line == 2  # then line 3 is rejected and cannot be written
+    with pytest.raises(QuarantineError, match=r"line 3 to telemetry\.rejected_path"):
+        next(rows)
+    quarantine.close()
+    assert read_quarantine(path) == [list(QUARANTINE_COLUMNS)]
+
+
+def test_a_quarantine_that_cannot_write_ends_the_pipeline_with_its_error(tmp_path: Path) -> None:
+    """Through build_pipeline the QuarantineError reaches on_error: the stream stops instead of losing rows."""
+    path = tmp_path / "rejected.csv"
+    quarantine = Quarantine(path, opener=lambda opened: text_over(DiskFills(opened, 0)))
+    rows = CsvRows(DATA / "bad_rows.csv", on_reject=quarantine)
+    publisher = InMemoryPublisher()
+    pipeline = build_pipeline(rows, publisher, BatchEncoder("p"), batch_size=2, interval=0, retry=RetryPolicy())
+    with pytest.raises(QuarantineError, match="No space left on device"):
+        pipeline.run()
+    quarantine.close()
+    assert publisher.batches == []
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_device_fails_at_open_with_enospc() -> None:
+    """/dev/full cannot take even the header: open() raises ENOSPC, which the service reports at start-up."""
+    quarantine = Quarantine("/dev/full")
+    with pytest.raises(OSError, match="No space left on device") as raised:
+        quarantine.open()
+    assert raised.value.errno == errno.ENOSPC
+    quarantine.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_fifo_nobody_reads_fails_at_open_instead_of_blocking(tmp_path: Path) -> None:
+    """Opening a FIFO for writing would wait for a reader forever; it fails with ENXIO instead."""
+    path = tmp_path / "rejected.csv"
+    os.mkfifo(path)
+    with pytest.raises(OSError, match="No such device or address") as raised:
+        Quarantine(path).open()
+    assert raised.value.errno == errno.ENXIO
 
 
 # RejectionReporter
