@@ -7,30 +7,32 @@ one line on stderr and exit status 2 (usage) or 1 (runtime), never a traceback.
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import sys
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from rxstreamer.config import ConfigError, Settings, load_settings
 from rxstreamer.durations import parse_duration
+from rxstreamer.signals import install_process_watch
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
 COMMANDS = ("run", "mq", "tail", "generate", "validate")
+LONG_RUNNING = ("run", "mq")  # the commands that stop gracefully on SIGINT/SIGTERM and ignore SIGHUP
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rxstreamer`` script and of ``python -m rxstreamer``."""
+    watch = install_process_watch()  # already done by ``python -m rxstreamer``; the script gets it here
     args_list = list(sys.argv[1:] if argv is None else argv)
     if not args_list or args_list[0] not in (*COMMANDS, "-h", "--help"):
         args_list.insert(0, "run")  # `rxstreamer --batch-size 5` means `rxstreamer run --batch-size 5`
     args = _parser().parse_args(args_list)
+    if args.command not in LONG_RUNNING:
+        stopped = watch.release()  # short commands keep Python's own handling of Ctrl-C and SIGTERM
+        if stopped is not None:
+            return stopped
     try:
         handler: Callable[[argparse.Namespace], int] = args.handler
         return handler(args)
@@ -54,26 +56,6 @@ def _configure_logging(settings: Settings, args: argparse.Namespace, stream: Any
     from rxstreamer.logs import configure_logging
 
     configure_logging(args.log_format or settings.logging.format, settings.logging.level, stream=stream)
-
-
-@contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGINT/SIGTERM request a clean stop; a second one exits at once (status 130)."""
-
-    received: list[int] = []
-
-    def request_stop(signum: int, _: FrameType | None) -> None:
-        received.append(signum)
-        if len(received) > 1:
-            os._exit(130)  # the user insists: skip the graceful shutdown
-        stop.set()
-
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 # --- run ----------------------------------------------------------------------------------------------
@@ -102,10 +84,10 @@ def _run(args: argparse.Namespace) -> int:
         },
     )
     _configure_logging(settings, args)
-    stop = threading.Event()
+    watch = install_process_watch()
+    watch.event_prefix = "streamer"
     try:
-        with _stop_on_signals(stop):
-            summary = run_streamer(settings, stop=stop)
+        summary = run_streamer(settings, stop=watch.stop, stop_signal=lambda: watch.stop_signal)
     except (SourceError, TransformError, CheckpointError) as error:
         return _fail(str(error), EXIT_USAGE)
     return summary.exit_code
@@ -115,6 +97,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _mq(args: argparse.Namespace) -> int:
+    # Signals first, before settings and recovery: the process watch (already there when main installed it)
+    # turns SIGINT/SIGTERM into a stop the broker honours once it runs, and logs SIGHUP instead of dying.
+    watch = install_process_watch()
+    watch.event_prefix = "broker"
     from rxstreamer.broker import BrokerOptions, serve
 
     settings = _settings(
@@ -124,6 +110,9 @@ def _mq(args: argparse.Namespace) -> int:
             "broker.max_messages": args.max_messages,
             "broker.max_bytes": args.max_bytes,
             "broker.retention": args.retention,
+            "broker.max_subscribers": args.max_subscribers,
+            "broker.max_topics": args.max_topics,
+            "broker.max_total_bytes": args.max_total_bytes,
             "broker.data_dir": args.data_dir,
             "broker.fsync": args.fsync,
         },
@@ -135,11 +124,14 @@ def _mq(args: argparse.Namespace) -> int:
         max_messages=broker.max_messages,
         max_bytes=broker.max_bytes,
         retention=broker.retention,
+        max_subscribers=broker.max_subscribers,
+        max_topics=broker.max_topics,
+        max_total_bytes=broker.max_total_bytes,
         data_dir=broker.data_dir,
         fsync=broker.fsync,
         fsync_interval=broker.fsync_interval,
     )
-    return serve(options)
+    return serve(options, stop_signals=False, stop_event=watch.stop, stop_signal=lambda: watch.stop_signal)
 
 
 # --- tail ---------------------------------------------------------------------------------------------
@@ -262,12 +254,18 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_run)
 
     mq = commands.add_parser("mq", parents=[common], help="run the reference message-queue broker")
-    mq.add_argument("--listen", help="broker.listen: host:port to bind (port 0 picks a free one)")
-    mq.add_argument("--max-messages", help="broker.max_messages: retained messages per topic")
-    mq.add_argument("--max-bytes", help="broker.max_bytes: retained payload bytes per topic, e.g. 256MiB")
-    mq.add_argument("--retention", help="broker.retention: release messages older than this; 0s keeps them")
-    mq.add_argument("--data-dir", help="broker.data_dir: keep topics in append-only logs here, across restarts")
-    mq.add_argument("--fsync", help="broker.fsync: always | interval | never (with --data-dir)")
+    for flag, meaning in (
+        ("--listen", "broker.listen: host:port to bind (port 0 picks a free one)"),
+        ("--max-messages", "broker.max_messages: retained messages per topic"),
+        ("--max-bytes", "broker.max_bytes: retained payload bytes per topic, e.g. 256MiB"),
+        ("--retention", "broker.retention: release messages older than this; 0s keeps them"),
+        ("--max-subscribers", "broker.max_subscribers: open Subscribe streams at once"),
+        ("--max-topics", "broker.max_topics: topics the broker may hold"),
+        ("--max-total-bytes", "broker.max_total_bytes: payload bytes of all topics together, e.g. 1GiB"),
+        ("--data-dir", "broker.data_dir: keep topics in a SQLite database here, across restarts"),
+        ("--fsync", "broker.fsync: always | interval | never (with --data-dir)"),
+    ):
+        mq.add_argument(flag, help=meaning)
     mq.set_defaults(handler=_mq)
 
     tail = commands.add_parser("tail", parents=[common], help="print the metrics a topic holds, as JSON lines")

@@ -14,6 +14,7 @@ account for.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,7 @@ import structlog
 from reactivex import Observable, abc
 from reactivex.disposable import Disposable
 
+from rxstreamer.encoding import CONTENT_DIGEST_HEADER
 from rxstreamer.model import EncodedBatch, PublishAck
 from rxstreamer.proto import mq_pb2, mq_pb2_grpc
 from rxstreamer.publisher import PublishStats, StatsRecorder
@@ -40,8 +42,17 @@ _CHANNEL_OPTIONS = [
 ]
 
 
-def publish_error(error: grpc.RpcError) -> PublishError:
-    """A PublishError carrying the status name and the server's retry hint, if it sent one."""
+#: How gRPC's own size check words its refusal: "Received message larger than max (5242885 vs. 4194304)".
+_TOO_LARGE = re.compile(r"larger than max \((\d+) vs\. (\d+)\)")
+
+
+def publish_error(error: grpc.RpcError, batch: EncodedBatch | None = None) -> PublishError:
+    """A PublishError carrying the status name and the server's retry hint, if it sent one.
+
+    A message over the server's receive limit is refused by gRPC itself with RESOURCE_EXHAUSTED, the status
+    of a full topic, which is retried; the same batch can never fit, so that one is made final, with a
+    message that names the sizes and what to change.
+    """
     status = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
     details = (error.details() if isinstance(error, grpc.Call) else None) or str(error)
     retry_after: float | None = None
@@ -49,6 +60,16 @@ def publish_error(error: grpc.RpcError) -> PublishError:
         for key, value in error.trailing_metadata() or ():
             if key == "retry-after-ms" and isinstance(value, str) and value.isdigit():
                 retry_after = int(value) / 1000
+    too_large = _TOO_LARGE.search(details) if status == grpc.StatusCode.RESOURCE_EXHAUSTED else None
+    if too_large is not None:
+        size, limit = too_large.groups()
+        what = f"batch {batch.sequence} ({batch.rows} rows)" if batch is not None else "the batch"
+        return PublishError(
+            status.name,
+            f"{what} is a {size}-byte message and the queue accepts at most {limit} bytes in one message; "
+            "lower telemetry.batch_size, or raise the queue's limit (broker.max_bytes)",
+            final=True,
+        )
     return PublishError(status.name, details, retry_after)
 
 
@@ -94,7 +115,7 @@ class GrpcPublisher:
             request = mq_pb2.PublishRequest(
                 topic=self._topic,
                 payload=batch.payload,
-                headers={"content-type": batch.content_type},
+                headers={"content-type": batch.content_type, CONTENT_DIGEST_HEADER: batch.content_digest},
                 producer_id=batch.producer_id,
                 sequence=batch.sequence,
             )
@@ -120,11 +141,13 @@ class GrpcPublisher:
         try:
             response = self._stub.Publish(request, timeout=self._timeout)
         except grpc.RpcError as error:
-            outcome: PublishAck | PublishError = publish_error(error)
+            outcome: PublishAck | PublishError = publish_error(error, batch)
         except ValueError as error:  # the channel was closed under the call
             outcome = PublishError("CANCELLED", f"the publish was cut as the channel closed: {error}")
         else:
-            outcome = PublishAck(batch.sequence, response.offset, response.duplicate, batch.rows, batch.position)
+            outcome = PublishAck(
+                batch.sequence, response.offset, response.duplicate, batch.rows, batch.position, batch.read
+            )
             self._recorder.record(outcome)
         with self._lock:
             self._in_flight -= 1
@@ -149,9 +172,13 @@ class GrpcPublisher:
             return
         if isinstance(outcome, PublishError):
             observer.on_error(outcome)
-        else:
+            return
+        try:
             observer.on_next(outcome)
-            observer.on_completed()
+        except Exception as error:  # raised by what consumes the ack (a checkpoint, say): the stream's error
+            observer.on_error(error)
+            return
+        observer.on_completed()
 
     def _connectivity_changed(self, state: grpc.ChannelConnectivity) -> None:
         if self._on_connectivity is not None:

@@ -53,6 +53,18 @@ class Position:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadCounts:
+    """How many rows the source had read and rejected when a batch was cut, counted from the run's start.
+
+    Carried with the batch, like its ``Position``, because the source's live counts run ahead of what was
+    acknowledged when batches are read ahead: a checkpoint must record the counts of the batch it names.
+    """
+
+    rows_read: int
+    rows_rejected: int
+
+
+@dataclass(frozen=True, slots=True)
 class EncodedBatch:
     """A batch ready to publish: its identity is fixed before the first attempt, so retries reuse it."""
 
@@ -62,6 +74,10 @@ class EncodedBatch:
     content_type: str
     rows: int
     position: Position | None = None  # where the input continues after this batch, when known
+    read: ReadCounts | None = None  # the source's counts when this batch was cut, when known
+    # Names what the batch holds, the same each time the same rows are encoded (the payload is not: it carries
+    # its creation time); sent as the ``content-digest`` header so the queue can tell a re-send from a clash.
+    content_digest: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,3 +89,4 @@ class PublishAck:
     duplicate: bool
     rows: int
     position: Position | None = None  # copied from the EncodedBatch, for checkpoints
+    read: ReadCounts | None = None  # likewise

@@ -162,7 +162,10 @@ class _Pacer(Generic[_B, _A]):
 
     def _tick(self, _: abc.SchedulerBase, __: Any = None) -> None:
         with self._lock:
-            self._hand_over_next()
+            try:
+                self._hand_over_next()
+            except Exception as error:  # ``then`` (encoding, a publish) raised: end the stream, not the thread
+                self._fail(error)
 
     def _hand_over_next(self) -> None:
         if self._stopped:
@@ -207,7 +210,10 @@ class _Pacer(Generic[_B, _A]):
 
     def _then_completed(self) -> None:
         with self._lock:
-            self._schedule_next_tick()
+            try:
+                self._schedule_next_tick()
+            except Exception as error:  # a disposed or broken scheduler: end the stream, not the thread
+                self._fail(error)
 
     def _schedule_next_tick(self) -> None:
         if self._stopped:
@@ -335,13 +341,22 @@ class _Attempts(Generic[_T, _A]):
         self._attempts_made += 1
         attempt = SingleAssignmentDisposable()
         self._current.disposable = attempt  # before subscribing: the attempt may fail synchronously
-        attempt.disposable = self._publish(item).subscribe(self._observer.on_next, self._failed, self._completed)
+        try:
+            attempt.disposable = self._publish(item).subscribe(self._observer.on_next, self._failed, self._completed)
+        except Exception as error:  # raised by the publish call or by a consumer of its answer: end the stream
+            self._give_up(error)
 
     def _completed(self) -> None:
         self._release()
         self._observer.on_completed()
 
     def _failed(self, error: Exception) -> None:
+        try:
+            self._retry_or_give_up(error)
+        except Exception as unexpected:  # the retry listener or the scheduler raised: end the stream
+            self._give_up(unexpected)
+
+    def _retry_or_give_up(self, error: Exception) -> None:
         policy, item = self._policy, self._item
         if item is None:
             return
@@ -362,6 +377,7 @@ class _Attempts(Generic[_T, _A]):
 
     def _give_up(self, error: Exception) -> None:
         self._release()
+        self._current.dispose()  # a retry already scheduled must not run after the stream ended
         self._observer.on_error(error)
 
     def _release(self) -> None:

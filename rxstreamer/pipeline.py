@@ -10,19 +10,31 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import Any, NamedTuple, Protocol, cast, runtime_checkable
 
 from reactivex import Observable, abc
 from reactivex import operators as ops
 
 from rxstreamer.encoding import BatchEncoder
-from rxstreamer.model import EncodedBatch, MetricRow, Position, PublishAck
+from rxstreamer.model import EncodedBatch, MetricRow, Position, PublishAck, ReadCounts
 from rxstreamer.operators import Operator, pace, pull_through, retrying
 from rxstreamer.publisher import Publisher
 from rxstreamer.retry import RetryPolicy
+from rxstreamer.source import SourceStats
 
 RetryListener = Callable[[EncodedBatch, int, float, BaseException], None]
-Batch = tuple[list[MetricRow], Position | None]
+
+
+class Batch(NamedTuple):
+    """A batch as pulled from the source, with what the source could say about itself at that moment."""
+
+    rows: list[MetricRow]
+    position: Position | None  # where the input continues after this batch
+    read: ReadCounts | None  # the source's counts so far, for a checkpoint that names this batch
+
+
+class EncodingError(Exception):
+    """A batch that cannot be encoded: a transform emitted something other than rows, or a sequence overflowed."""
 
 
 @dataclass
@@ -39,6 +51,14 @@ class Positioned(Protocol):
 
     @property
     def position(self) -> Position: ...
+
+
+@runtime_checkable
+class Counted(Protocol):
+    """A source that counts what it read and rejected, so that a checkpoint can carry the totals."""
+
+    @property
+    def stats(self) -> SourceStats: ...
 
 
 def build_pipeline(
@@ -61,23 +81,49 @@ def build_pipeline(
     Each subscription reads ``rows`` afresh; disposing it stops the ticks and releases the file. Up to
     ``read_ahead`` batches are read while one is being published (0: read only after the acknowledgement).
     ``on_ack`` runs inside the stream for each acknowledgement (a checkpoint, say): if it raises, the
-    stream ends with that error rather than going on without it.
+    stream ends with that error rather than going on without it. So does any other exception raised
+    inside the pipeline (a transform, the encoder, a listener): it reaches the subscriber's ``on_error``.
     """
     batches = with_positions(pull_through(rows, *transforms, ops.buffer_with_count(batch_size)), rows, counters)
     publish = retrying(publisher.publish, retry, scheduler=scheduler, on_retry=on_retry)
+    after_ack = ops.map(_calling(on_ack)) if on_ack is not None else None
 
     def encode_and_publish(batch: Batch) -> Observable[PublishAck]:
-        batch_rows, position = batch
-        acks = publish(encoder(batch_rows, position))
-        return acks.pipe(ops.do_action(on_ack)) if on_ack is not None else acks
+        acks = publish(encoded(encoder, batch))
+        return acks.pipe(after_ack) if after_ack is not None else acks
 
     return pace(batches, interval, encode_and_publish, read_ahead=read_ahead, scheduler=scheduler)
+
+
+def encoded(encoder: BatchEncoder, batch: Batch) -> EncodedBatch:
+    """The batch encoded, or an ``EncodingError`` that says which batch and why, for the stream's on_error."""
+    try:
+        return encoder(batch.rows, batch.position, batch.read)
+    except Exception as error:
+        first = batch.rows[0] if batch.rows else None
+        hint = "" if isinstance(first, MetricRow) else f" (a transform emitted {type(first).__name__}, not MetricRow)"
+        raise EncodingError(
+            f"cannot encode a batch of {len(batch.rows)} rows: {type(error).__name__}: {error}{hint}"
+        ) from error
+
+
+def _calling(listener: Callable[[PublishAck], None]) -> Callable[[PublishAck], PublishAck]:
+    """A mapper that tells ``listener`` and passes the ack on; as ``map``, its exceptions become on_error.
+
+    Not ``do_action``: when its action raises, reactivex 6.1 calls ``on_error`` and then ``on_next`` anyway.
+    """
+
+    def tell(ack: PublishAck) -> PublishAck:
+        listener(ack)
+        return ack
+
+    return tell
 
 
 def with_positions(
     batches: Iterable[list[MetricRow]], rows: Iterable[MetricRow], counters: PipelineCounters | None = None
 ) -> Iterable[Batch]:
-    """Pair each batch with the source's position right after it was pulled: where the input continues."""
+    """Pair each batch with the source's position and counts right after it was pulled."""
     return _WithPositions(batches, rows, counters or PipelineCounters())
 
 
@@ -96,12 +142,18 @@ class _WithPositions(Iterable[Batch]):
 
     def _pair(self) -> Generator[Batch, None, None]:
         batches = iter(self._batches)
-        rows = self._rows if isinstance(self._rows, Positioned) else None
+        positioned = self._rows if isinstance(self._rows, Positioned) else None
+        counted = self._rows if isinstance(self._rows, Counted) else None
         try:
             for batch in batches:
                 self._counters.batches_pulled += 1
                 self._counters.rows_batched += len(batch)
-                yield batch, rows.position if rows is not None else None
+                position = positioned.position if positioned is not None else None
+                read = None
+                if counted is not None:
+                    stats = counted.stats
+                    read = ReadCounts(stats.rows_read, stats.rows_rejected)
+                yield Batch(batch, position, read)
         finally:
             close = getattr(batches, "close", None)
             if close is not None:

@@ -117,12 +117,12 @@ class InMemoryPublisher:
     def _store(self, batch: EncodedBatch) -> PublishAck:
         identity = (batch.producer_id, batch.sequence)
         if batch.producer_id and identity in self._seen:
-            ack = PublishAck(batch.sequence, self._seen[identity], True, batch.rows, batch.position)
+            ack = PublishAck(batch.sequence, self._seen[identity], True, batch.rows, batch.position, batch.read)
         else:
             offset = len(self.batches)
             self.batches.append(batch)
             if batch.producer_id:
                 self._seen[identity] = offset
-            ack = PublishAck(batch.sequence, offset, False, batch.rows, batch.position)
+            ack = PublishAck(batch.sequence, offset, False, batch.rows, batch.position, batch.read)
         self._recorder.record(ack)
         return ack

@@ -19,18 +19,21 @@ class PublishError(Exception):
     """A publish the queue did not acknowledge.
 
     ``status`` is the gRPC status code's name (``"UNAVAILABLE"``), so policy code needs no grpc import.
-    ``retry_after`` is the server's hint, in seconds, of when trying again makes sense.
+    ``retry_after`` is the server's hint, in seconds, of when trying again makes sense. ``final`` marks a
+    failure that no retry can mend although its status is one that usually passes (gRPC answers a message
+    over its size limit with RESOURCE_EXHAUSTED, the same status as a full topic).
     """
 
-    def __init__(self, status: str, message: str, retry_after: float | None = None) -> None:
+    def __init__(self, status: str, message: str, retry_after: float | None = None, *, final: bool = False) -> None:
         super().__init__(f"{status}: {message}")
         self.status = status
         self.message = message
         self.retry_after = retry_after
+        self.final = final
 
     @property
     def retryable(self) -> bool:
-        return self.status in RETRYABLE_STATUSES
+        return self.status in RETRYABLE_STATUSES and not self.final
 
 
 class RetriesExhaustedError(PublishError):

@@ -14,12 +14,21 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import structlog
+from reactivex.abc import StartableBase
 from reactivex.scheduler import EventLoopScheduler
 
-from rxstreamer.checkpoint import Checkpointer, FileIdentity, ResumePlan, plan_resume, read_checkpoint
+from rxstreamer.checkpoint import (
+    Checkpointer,
+    FileIdentity,
+    InputFile,
+    ResumePlan,
+    check_writable,
+    plan_resume,
+    read_checkpoint,
+)
 from rxstreamer.config import ConfigError, Settings, require_readable_file, settings_summary
 from rxstreamer.encoding import BatchEncoder
 from rxstreamer.grpc_publisher import GrpcPublisher
@@ -89,6 +98,72 @@ class _Outcome:
         self.wake.set()
 
 
+class _PipelineThread:
+    """Makes the pipeline's event-loop thread; an exception that escapes the loop ends the run, not the thread.
+
+    Every callback of the pipeline is meant to turn its exceptions into the stream's ``on_error``; this is
+    the net under that, for one that does not: without it the thread would die silently, the main thread
+    would wait forever, and a supervisor's SIGTERM would then look like a clean stop.
+    """
+
+    def __init__(self, on_crash: Callable[[Exception], None]) -> None:
+        self._on_crash = on_crash
+        self._thread: threading.Thread | None = None
+
+    def __call__(self, target: Callable[[], None]) -> StartableBase:
+        def run() -> None:
+            try:
+                target()
+            except Exception as error:
+                log.debug("streamer.pipeline_thread_crashed", exc_info=error)
+                self._on_crash(error)
+
+        self._thread = threading.Thread(target=run, name="rxstreamer-pipeline", daemon=True)
+        return cast(StartableBase, self._thread)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+
+class _OffsetWatch:
+    """Warns once when the queue hands out offsets lower than before: it restarted without its data.
+
+    An in-memory broker that restarts forgets what it held and which batches it had, so the streamer cannot
+    prevent the loss; it can say that it happened, which is what an operator needs to know.
+    """
+
+    def __init__(self, address: str) -> None:
+        self._address = address
+        self._last: int | None = None
+        self._warned = False
+
+    def __call__(self, ack: PublishAck) -> None:
+        if ack.duplicate:
+            return  # a duplicate is answered with the offset it was first stored at: older by nature
+        if self._last is not None and ack.offset <= self._last and not self._warned:
+            self._warned = True
+            log.warning(
+                "mq.offsets_went_back",
+                address=self._address,
+                previous_offset=self._last,
+                offset=ack.offset,
+                sequence=ack.sequence,
+                meaning="the queue restarted without its data: what it held before is lost (an in-memory broker)",
+            )
+        self._last = ack.offset
+
+
+def _each(*listeners: Callable[[PublishAck], None] | None) -> Callable[[PublishAck], None]:
+    present = [listener for listener in listeners if listener is not None]
+
+    def tell_each(ack: PublishAck) -> None:
+        for listener in present:
+            listener(ack)
+
+    return tell_each
+
+
 class _ConnectionWatch:
     """Logs when the queue becomes unreachable and when it is back: once each, not per reconnect try."""
 
@@ -115,9 +190,14 @@ def derive_producer_id(instance: str, metrics_path: Path, file: FileIdentity, ba
     """A producer id that stays the same across restarts of the same stream, and only of the same stream.
 
     The queue deduplicates by (producer id, sequence), and a sequence names the same rows only for the same
-    file content cut into batches of the same size; so both are part of the id.
+    file content cut into batches of the same size; so both are part of the id. The content enters as
+    ``file.head``, a hash of the header line and the first data line, not of the whole file or its first
+    64 KiB: a file that grows by appends is still the same stream (its checkpoint resumes it, and its old
+    batches keep their identity), and that must hold for a small file too, whose first 64 KiB grow with it.
+    The first record of a DCGM export carries its first timestamp, GPU UUID and host, which is what tells
+    two exports apart. (A file with no complete data line yet gets another id once it has one.)
     """
-    return f"{instance or socket.gethostname()}:{metrics_path.name}:{file.fingerprint[:12]}:b{batch_size}"
+    return f"{instance or socket.gethostname()}:{metrics_path.name}:{file.head[:12]}:b{batch_size}"
 
 
 def _log_retry(batch: EncodedBatch, attempt: int, wait: float, error: BaseException) -> None:
@@ -151,11 +231,17 @@ def _plan(settings: Settings, transforms: Sequence[Operator]) -> _Plan:
     """
     telemetry, queue = settings.telemetry, settings.message_queue
     require_readable_file("telemetry.metrics_path", telemetry.metrics_path)
-    file = FileIdentity.of(telemetry.metrics_path)
+    try:
+        input_file = InputFile(telemetry.metrics_path)
+        file = input_file.identity()
+    except OSError as error:
+        raise ConfigError(
+            "telemetry.metrics_path", telemetry.metrics_path, f"cannot be read: {error.strerror or error}"
+        ) from error
     producer_id = queue.producer_id or derive_producer_id(
         telemetry.instance, telemetry.metrics_path, file, telemetry.batch_size
     )
-    resume = _resume_plan(settings, file, producer_id)
+    resume = _resume_plan(settings, input_file, producer_id)
     reporter = RejectionReporter(
         in_full=settings.logging.rejected_rows_in_full, interval=settings.logging.progress_interval
     )
@@ -175,8 +261,7 @@ def _plan(settings: Settings, transforms: Sequence[Operator]) -> _Plan:
             telemetry.checkpoint_path,
             producer_id=producer_id,
             batch_size=telemetry.batch_size,
-            file=file,
-            source_stats=rows.stats,
+            file=input_file,
             before=resume.before,
         )
     encoder = BatchEncoder(producer_id, timestamps=telemetry.timestamps, first_sequence=resume.first_sequence)
@@ -184,10 +269,16 @@ def _plan(settings: Settings, transforms: Sequence[Operator]) -> _Plan:
     return _Plan(rows, encoder, all_transforms, checkpointer, reporter, quarantine)
 
 
-def _resume_plan(settings: Settings, file: FileIdentity, producer_id: str) -> ResumePlan:
+def _resume_plan(settings: Settings, file: InputFile, producer_id: str) -> ResumePlan:
+    """Where to start, from the checkpoint; first making sure checkpoints can be written at all.
+
+    The write check comes first because a checkpoint that cannot be written is otherwise found only after
+    the first batch was published, which is too late for the exit status 2 of a bad setting.
+    """
     path = settings.telemetry.checkpoint_path
     if path is None:
         return ResumePlan(start=None, first_sequence=1)
+    check_writable(path)
     plan = plan_resume(
         read_checkpoint(path),
         file=file,
@@ -207,11 +298,14 @@ def _resume_plan(settings: Settings, file: FileIdentity, producer_id: str) -> Re
             offset=plan.start.offset,
             pass_number=plan.start.pass_number,
             rows_published_before=plan.before.rows_published,
+            file_size_at_checkpoint=plan.before.file.size,
+            file_size=plan.size_now,
         )
     return plan
 
 
 def _open_quarantine(path: Path | None) -> Quarantine | None:
+    """Open the quarantine before streaming: a path that cannot take even the header fails the start (exit 2)."""
     if path is None:
         return None
     quarantine = Quarantine(path)
@@ -219,12 +313,18 @@ def _open_quarantine(path: Path | None) -> Quarantine | None:
         quarantine.open()
     except OSError as error:
         raise ConfigError(
-            "telemetry.rejected_path", str(path), f"cannot be opened for appending: {error.strerror}"
+            "telemetry.rejected_path", str(path), f"cannot be appended to: {error.strerror or error}"
         ) from error
     return quarantine
 
 
 def _fan_out(*listeners: Callable[[Rejection], None] | None) -> Callable[[Rejection], None]:
+    """One ``on_reject`` that tells each listener in turn, letting their exceptions through on purpose.
+
+    It runs inside the source's row iterator, so an exception (a quarantine that cannot be written)
+    becomes the iterator's error and ends the stream with reason ``error``: rows the operator asked to
+    keep are never dropped silently.
+    """
     present = [listener for listener in listeners if listener is not None]
 
     def tell_all(rejection: Rejection) -> None:
@@ -239,8 +339,11 @@ def run_streamer(
     *,
     transforms: Sequence[Operator] = (),
     stop: threading.Event | None = None,
+    stop_signal: Callable[[], str | None] | None = None,
 ) -> RunSummary:
     """Stream until the file ends, the pipeline fails, or ``stop`` is set (by a signal handler, say).
+
+    ``stop_signal`` names what set ``stop``, for the ``streamer.stopping`` line.
 
     Raises ConfigError, SourceError, TransformError or CheckpointError before anything starts when the
     settings, the file, a transform or the checkpoint is unusable; every later failure ends up in the summary.
@@ -251,7 +354,9 @@ def run_streamer(
 
     wake = stop if stop is not None else threading.Event()
     started = time.monotonic()
-    scheduler = EventLoopScheduler()
+    outcome = _Outcome(wake)
+    pipeline_thread = _PipelineThread(outcome.on_error)
+    scheduler = EventLoopScheduler(thread_factory=pipeline_thread)
     publisher = GrpcPublisher(
         queue.address,
         queue.topic,
@@ -279,10 +384,9 @@ def run_streamer(
         transforms=plan.transforms,
         scheduler=scheduler,
         on_retry=_log_retry,
-        on_ack=plan.checkpointer,
+        on_ack=_each(_OffsetWatch(queue.address), plan.checkpointer),
         counters=counters,
     )
-    outcome = _Outcome(wake)
     subscription = pipeline.subscribe(outcome.on_next, outcome.on_error, outcome.on_completed)
 
     while not wake.wait(settings.logging.progress_interval):
@@ -293,8 +397,13 @@ def run_streamer(
         reason = "error" if outcome.error is not None else "completed"
     else:
         reason = "signal"
-        log.info("streamer.stopping", timeout_s=settings.shutdown.timeout, in_flight=publisher.in_flight)
-    _shut_down(subscription.dispose, publisher, scheduler, settings.shutdown.timeout)
+        log.info(
+            "streamer.stopping",
+            signal=stop_signal() if stop_signal is not None else None,
+            timeout_s=settings.shutdown.timeout,
+            in_flight=publisher.in_flight,
+        )
+    _shut_down(subscription.dispose, publisher, scheduler, settings.shutdown.timeout, pipeline_thread)
     plan.reporter.flush()
     if plan.quarantine is not None:
         plan.quarantine.close()
@@ -342,8 +451,15 @@ def _summary(
         duplicates=published.duplicates,
         rejected_by_reason=dict(source.rejected_by_reason),
         duration_s=round(duration, 3),
-        error=str(error) if error is not None else None,
+        error=describe_error(error) if error is not None else None,
     )
+
+
+def describe_error(error: BaseException) -> str:
+    """One line for the summary: our own errors say what happened; anything else also says what it is."""
+    if type(error).__module__.startswith("rxstreamer."):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
 
 
 def _log_summary(summary: RunSummary, plan: _Plan) -> None:
@@ -360,7 +476,11 @@ def _log_summary(summary: RunSummary, plan: _Plan) -> None:
 
 
 def _shut_down(
-    dispose: Callable[[], None], publisher: GrpcPublisher, scheduler: EventLoopScheduler, timeout: float
+    dispose: Callable[[], None],
+    publisher: GrpcPublisher,
+    scheduler: EventLoopScheduler,
+    timeout: float,
+    pipeline_thread: _PipelineThread,
 ) -> None:
     """Dispose on the pipeline thread, let the publish in flight end, close the channel, stop the thread."""
     deadline = time.monotonic() + timeout
@@ -370,7 +490,10 @@ def _shut_down(
         dispose()
         disposed.set()
 
-    scheduler.schedule(dispose_on_pipeline_thread)
+    if pipeline_thread.alive:
+        scheduler.schedule(dispose_on_pipeline_thread)
+    else:  # it crashed: nothing else runs the pipeline any more, so this thread may dispose it
+        dispose_on_pipeline_thread()
     if not disposed.wait(max(deadline - time.monotonic(), 0)):
         log.warning("streamer.dispose_timeout", timeout_s=timeout)
     if not publisher.wait_idle(max(deadline - time.monotonic(), 0)):
