@@ -10,7 +10,7 @@ import pytest
 import reactivex
 from reactivex import Observable
 from reactivex import operators as ops
-from reactivex.notification import OnError
+from reactivex.notification import OnCompleted, OnError
 from reactivex.testing import ReactiveTest, TestScheduler
 from reactivex.testing.marbles import marbles_testing
 
@@ -134,6 +134,27 @@ def test_pace_does_not_drift_over_many_ticks() -> None:
     rows = CountingRows(300, scheduler)
     scheduler.start(lambda: pace(rows, 0.5, as_text, scheduler=scheduler), disposed=10_000)
     assert rows.read_at == [200 + 0.5 * k for k in range(300)]
+
+
+def test_pace_keeps_absolute_deadlines_when_each_publish_takes_time() -> None:
+    """Publishes of 0.3 s at a 1 s interval: pulls stay on start + k·1 s and acks on + 0.3 s, no creeping."""
+    scheduler = TestScheduler()
+    rows = CountingRows(16, scheduler)
+    publisher = InMemoryPublisher(latency=0.3, scheduler=scheduler)
+
+    def then(n: int) -> Observable[PublishAck]:
+        return publisher.publish(EncodedBatch("producer", n + 1, b"", "text/plain", 1))
+
+    results = scheduler.start(lambda: pace(rows, 1.0, then, scheduler=scheduler), disposed=10_000)
+    assert rows.read_at == [
+        200.0, 201.0, 202.0, 203.0, 204.0, 205.0, 206.0, 207.0,
+        208.0, 209.0, 210.0, 211.0, 212.0, 213.0, 214.0, 215.0,
+    ]  # fmt: skip
+    assert [message.time for message in results.messages] == [
+        200.3, 201.3, 202.3, 203.3, 204.3, 205.3, 206.3, 207.3,
+        208.3, 209.3, 210.3, 211.3, 212.3, 213.3, 214.3, 215.3, 216.0,
+    ]  # fmt: skip
+    assert isinstance(results.messages[-1].value, OnCompleted)
 
 
 def test_pace_gives_a_slow_publisher_no_queue() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +20,44 @@ from rxstreamer.publisher import InMemoryPublisher
 from rxstreamer.retry import PublishError, RetryPolicy
 from rxstreamer.source import CsvRows
 from tests.conftest import TEST_DATA_CSV
+
+#: The 32 GPUs of test-data/metrics.csv in the order each scrape lists them, for every metric.
+GPUS_IN_FILE_ORDER = [
+    "GPU-6513270e-269e-0d37-f2a7-4de452e6b438",
+    "GPU-e8e25d94-0ed9-0475-9531-985d5d9dc9f8",
+    "GPU-d3ac94af-0f21-ddb6-6cad-4a268d116ece",
+    "GPU-93bd04cf-0fd6-30f1-f29d-0da9953f48f1",
+    "GPU-8a6a63ec-24ed-e6a4-6b4c-b2424a23d596",
+    "GPU-923a7369-94e3-bf91-1a61-dbe22e44158b",
+    "GPU-9e7769b1-0f42-05b4-907a-70c31012f037",
+    "GPU-4cbd87ad-5c90-a958-7403-e430ec66a787",
+    "GPU-86734721-4cdd-2055-930d-6eaf14f4733f",
+    "GPU-2a3af4d4-6b0a-18e8-830e-07bc1e398f10",
+    "GPU-92b1d3f2-8ede-0d7a-c3ba-ea9e13deef86",
+    "GPU-119a72d1-74c9-df6a-cc01-1cdd9474031b",
+    "GPU-a5aa3c81-4f42-6dcb-b394-fb36bb2d420f",
+    "GPU-7631a992-f0ce-5835-05c6-af0758d5563d",
+    "GPU-65dc9f50-3f63-af83-bd05-61e6211c70cf",
+    "GPU-d1bc52d9-230d-977e-e225-71594720771f",
+    "GPU-e25a7605-aec6-f024-5bd8-6d40fc891b4a",
+    "GPU-d4c28c2e-7c26-847f-0316-909e3bbbe9ea",
+    "GPU-f3fe39c0-5190-88f5-90fb-bd119c1caaf7",
+    "GPU-0dd27a65-bd62-8881-ad1b-72dba7abe1c2",
+    "GPU-6472f1a3-8f2c-6ec8-cc41-69a3ae3a2b7f",
+    "GPU-70ccec31-3571-810a-fc13-2d0d113db17d",
+    "GPU-5d158a2f-f2ee-4e45-19f9-919c895fd7b3",
+    "GPU-9a2ef80f-58ee-8571-f499-8d7c4093f6de",
+    "GPU-7afb2c68-774b-15d7-fa52-9ba3fe3bfada",
+    "GPU-29540a6e-b12a-a1f6-d42f-ddbb7a86f7a2",
+    "GPU-8b0d590b-b0a8-44e5-2587-be6b5c9bcf35",
+    "GPU-84b5a818-42d8-7208-d86f-40f6b239f3c7",
+    "GPU-80b0c08b-c770-2420-8aa4-248c8857f9a4",
+    "GPU-31f51707-da45-e18a-c221-6b02fc241d0b",
+    "GPU-7e26f36a-8483-f8b8-332d-d3313a0b9965",
+    "GPU-f4de2c08-9aea-6429-b149-1e243192b704",
+]
+#: Every row's uuid, in file order: 3 scrapes x 10 metrics, each listing the 32 GPUs.
+FILE_UUIDS = GPUS_IN_FILE_ORDER * 30
 
 
 def published_uuids(publisher: InMemoryPublisher) -> list[str]:
@@ -54,7 +93,7 @@ def test_the_pipeline_publishes_the_file_in_paced_batches_in_order() -> None:
     assert [time for time, _ in acks] == [200.25 + k for k in range(10)]
     assert [ack.sequence for _, ack in acks] == list(range(1, 11))
     assert [ack.rows for _, ack in acks] == [100] * 9 + [60]
-    assert published_uuids(publisher) == [row.uuid for row in CsvRows(TEST_DATA_CSV)]
+    assert published_uuids(publisher) == FILE_UUIDS
     assert isinstance(results.messages[-1].value, OnCompleted)
 
 
@@ -66,7 +105,7 @@ def test_a_retried_batch_keeps_its_sequence_and_is_stored_once() -> None:
     scheduler.start(lambda: pipeline_on(publisher, scheduler), disposed=100_000)
     assert [batch.sequence for batch in publisher.batches] == list(range(1, 11))
     assert publisher.attempts == 12
-    assert published_uuids(publisher) == [row.uuid for row in CsvRows(TEST_DATA_CSV)]
+    assert published_uuids(publisher) == FILE_UUIDS
 
 
 def test_transforms_run_between_parsing_and_batching() -> None:
@@ -87,7 +126,10 @@ def test_transforms_run_between_parsing_and_batching() -> None:
         lambda: pipeline_on(publisher, scheduler, batch_size=40, transforms=[power_in_kw]), disposed=100_000
     )
     metrics = [metric for batch in publisher.batches for metric in decode_batch(batch.payload).metrics]
-    expected = [row.value / 1000 for row in CsvRows(TEST_DATA_CSV) if row.metric_name == "DCGM_FI_DEV_POWER_USAGE"]
+    with TEST_DATA_CSV.open(newline="") as handle:  # read with Python's csv module, not the code under test
+        watts = [float(r["value"]) for r in csv.DictReader(handle) if r["metric_name"] == "DCGM_FI_DEV_POWER_USAGE"]
+    assert watts[:3] == [75.554, 217.974, 72.051]
+    expected = [value / 1000 for value in watts]
     assert [metric.value for metric in metrics] == expected
     assert [batch.rows for batch in publisher.batches] == [40, 40, 16]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import re
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import pytest
 
 from tests.conftest import TEST_DATA_CSV
 from tests.processes import (
+    LiveConsumer,
     broker_process,
     event,
     finish,
@@ -21,6 +21,7 @@ from tests.processes import (
     read_topic,
     run_streamer,
     start_streamer,
+    start_watched_streamer,
 )
 
 pytestmark = pytest.mark.integration
@@ -81,12 +82,13 @@ def test_the_real_dcgm_file_round_trips(real_csv: Path) -> None:
 
 
 def test_a_broker_that_starts_late_still_receives_everything() -> None:
-    """The streamer started 3 s before the broker retries until it is up, and loses nothing."""
+    """A streamer started before the broker, already retrying, keeps retrying until it is up and loses nothing."""
     port = free_port()
-    streamer = start_streamer("--mq-address", f"127.0.0.1:{port}", "--interval", "0", "--batch-size", "100")
-    time.sleep(3)  # the scenario itself: the queue is down when the streamer starts
+    streamer = start_watched_streamer("--mq-address", f"127.0.0.1:{port}", "--interval", "0", "--batch-size", "100")
+    # The scenario itself: the queue is down when the streamer starts, and it has tried and failed twice.
+    streamer.wait_for_event("publisher.retry_scheduled", count=2)
     with broker_process(port=port) as broker:
-        finished = finish(streamer)
+        finished = streamer.finish()
         assert finished.returncode == 0, finished.stderr
         assert finished.summary["rows_published"] == 960
         assert len(read_topic(broker.address)) == 960
@@ -99,12 +101,10 @@ def test_a_broker_that_starts_late_still_receives_everything() -> None:
 def test_a_full_broker_slows_the_streamer_without_losing_a_row() -> None:
     """With room for 5 messages released after 300 ms, every batch still arrives, after RESOURCE_EXHAUSTED waits."""
     with broker_process("--max-messages", "5", "--retention", "300ms") as broker:
-        live: list[dict[str, Any]] = []
-        reader = threading.Thread(target=lambda: live.extend(read_topic(broker.address, idle_timeout=5.0)))
-        reader.start()  # a live consumer: released messages can no longer be read from the beginning
-        time.sleep(0.5)
+        # A live consumer, subscribed before the first publish: released messages can no longer be read later.
+        consumer = LiveConsumer(broker.address, idle_timeout=5.0).start()
         finished = run_streamer("--mq-address", broker.address, "--interval", "0", "--batch-size", "40")
-        reader.join(timeout=30)
+        live = consumer.join(timeout=30)
         assert finished.returncode == 0, finished.stderr
         assert finished.summary["rows_published"] == 960
         statuses = {line["status"] for line in finished.lines if line["event"] == "publisher.retry_scheduled"}

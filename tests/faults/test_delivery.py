@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,18 @@ import pytest
 
 from rxstreamer.checkpoint import read_checkpoint
 from tests.conftest import TEST_DATA_CSV
-from tests.processes import broker_process, event, finish, free_port, read_topic, rss_mb, run_streamer, start_streamer
+from tests.processes import (
+    LiveConsumer,
+    broker_process,
+    event,
+    finish,
+    free_port,
+    read_topic,
+    rss_mb,
+    run_streamer,
+    start_streamer,
+    start_watched_streamer,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -50,13 +60,15 @@ def test_a_broker_killed_mid_stream_and_restarted_loses_nothing(tmp_path: Path) 
     port = free_port()
     data_dir = tmp_path / "mq"
     with broker_process("--data-dir", str(data_dir), port=port) as broker:
-        streamer = start_streamer("--mq-address", broker.address, "--interval", "20ms", "--batch-size", "10")
+        streamer = start_watched_streamer("--mq-address", broker.address, "--interval", "20ms", "--batch-size", "10")
         assert len(read_topic(broker.address, idle_timeout=20, count=200)) == 200
         broker.process.kill()
         broker.process.wait(timeout=10)
-    time.sleep(2)  # the scenario: the queue is gone for a while
+    # The scenario: the queue is gone for a while. The streamer has noticed, and is retrying.
+    streamer.wait_for_event("mq.unreachable")
+    streamer.wait_for_event("publisher.retry_scheduled", count=2)
     with broker_process("--data-dir", str(data_dir), port=port) as restarted:
-        finished = finish(streamer, timeout=90)
+        finished = streamer.finish(timeout=90)
         assert finished.returncode == 0, finished.stderr
         received = held(restarted.address)
     assert deduplicated(received) == file_uuids_and_metrics()
@@ -77,7 +89,7 @@ def test_a_streamer_killed_mid_stream_resumes_from_its_checkpoint(tmp_path: Path
         finish(first, timeout=10)
         saved = read_checkpoint(checkpoint)
         assert saved is not None
-        assert saved.sequence >= 30
+        assert saved.sequence >= 29  # the broker held batch 30; its checkpoint may have been cut by the kill
 
         second = run_streamer("--mq-address", broker.address, *args, timeout=90)
         assert second.returncode == 0, second.stderr
@@ -97,14 +109,14 @@ def test_sigterm_during_a_retry_backoff_exits_in_time_and_resumes_at_the_unackno
     args = ("--interval", "20ms", "--batch-size", "10", "--checkpoint-path", str(checkpoint))
     settings = {"RXSTREAMER_SHUTDOWN__TIMEOUT": "3s"}
     with broker_process("--data-dir", str(data_dir), port=port) as broker:
-        streamer = start_streamer("--mq-address", broker.address, *args, settings=settings)
+        streamer = start_watched_streamer("--mq-address", broker.address, *args, settings=settings)
         assert len(read_topic(broker.address, idle_timeout=20, count=100)) == 100
         broker.process.kill()
         broker.process.wait(timeout=10)
-    time.sleep(1.5)  # the streamer is now retrying with backoff
-    streamer.send_signal(signal.SIGTERM)
+    streamer.wait_for_event("publisher.retry_scheduled", count=3)  # retrying, its backoff grown past the first
+    streamer.process.send_signal(signal.SIGTERM)
     signalled = time.monotonic()
-    stopped = finish(streamer, timeout=15)
+    stopped = streamer.finish(timeout=15)
     assert time.monotonic() - signalled < 3.5
     assert stopped.returncode == 0, stopped.stderr
     assert stopped.summary["reason"] == "signal"
@@ -123,10 +135,7 @@ def test_sigterm_during_a_retry_backoff_exits_in_time_and_resumes_at_the_unackno
 def test_a_broker_full_for_a_while_delays_the_stream_with_flat_memory() -> None:
     """A broker that keeps refusing with RESOURCE_EXHAUSTED: the streamer waits, memory stays flat, all rows arrive."""
     with broker_process("--max-messages", "3", "--retention", "500ms") as broker:
-        live: list[dict[str, Any]] = []
-        reader = threading.Thread(target=lambda: live.extend(read_topic(broker.address, idle_timeout=5.0)))
-        reader.start()
-        time.sleep(0.5)
+        consumer = LiveConsumer(broker.address, idle_timeout=5.0).start()  # returns once subscribed
         streamer = start_streamer("--mq-address", broker.address, "--interval", "0", "--batch-size", "20")
         samples: list[float] = []
         while streamer.poll() is None:
@@ -134,9 +143,9 @@ def test_a_broker_full_for_a_while_delays_the_stream_with_flat_memory() -> None:
                 samples.append(rss_mb(streamer.pid))
             except (FileNotFoundError, AssertionError):
                 break  # it just exited
-            time.sleep(0.25)
+            time.sleep(0.25)  # the sampling period of the memory measurement, not a wait for an event
         finished = finish(streamer)
-        reader.join(timeout=30)
+        live = consumer.join(timeout=30)
     assert finished.returncode == 0, finished.stderr
     statuses = {line["status"] for line in finished.lines if line["event"] == "publisher.retry_scheduled"}
     assert statuses == {"RESOURCE_EXHAUSTED"}
