@@ -9,9 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import Watched, broker_process, catches, child_env, event, freeze, rxstreamer_command, thaw, watch
+from tests.processes import (
+    Watched,
+    broker_process,
+    catches,
+    child_env,
+    event,
+    free_port,
+    freeze,
+    rxstreamer_command,
+    thaw,
+    watch,
+)
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 30.0
@@ -144,3 +155,26 @@ def test_tail_keeps_the_default_signal_handling() -> None:
 def _imported_grpc(pid: int) -> bool:
     """Whether the process has loaded grpc's core library: it is past start-up, into its command."""
     return "cygrpc" in Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_a_streamer_says_once_that_an_in_memory_broker_restarted_empty() -> None:
+    """The queue's offsets go back after a restart without data: one mq.offsets_went_back, then the run ends."""
+    port = free_port()
+    settings = {"RXSTREAMER_LOGGING__LEVEL": "debug"}  # publisher.acked tells how far it got
+    with broker_process(port=port) as first:
+        streamer = spawn(
+            "run", "--log-format", "json", "--mq-address", first.address, "--interval", "20ms", env=settings
+        )
+        try:
+            streamer.wait_for_event("publisher.acked", count=10)
+            first.stop()
+            with broker_process(port=port):
+                finished = streamer.finish(timeout=TIMEOUT)
+        finally:
+            ended(streamer)
+    assert finished.returncode == 0, finished.stderr
+    went_back = [line for line in finished.lines if line["event"] == "mq.offsets_went_back"]
+    assert len(went_back) == 1
+    assert went_back[0]["offset"] == 0
+    assert went_back[0]["previous_offset"] >= 9
+    assert (finished.summary["reason"], finished.summary["rows_published"]) == ("completed", 960)

@@ -41,6 +41,7 @@ def test_other_rows_or_another_place_give_another_content_digest() -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.faults
 def test_two_inputs_under_one_producer_id_stop_the_second_with_a_conflict(tmp_path: Path) -> None:
     """The second file's batch 1 clashes with the first file's: exit 1 naming the producer id, no row dropped."""
     other = tmp_path / "other.csv"
@@ -72,6 +73,7 @@ def test_a_replay_with_processing_timestamps_is_recognised_as_duplicates() -> No
 
 
 @pytest.mark.integration
+@pytest.mark.faults
 def test_a_batch_larger_than_the_queue_accepts_stops_at_once_naming_the_sizes(tmp_path: Path) -> None:
     """gRPC refuses an over-limit message with RESOURCE_EXHAUSTED: the streamer must not retry it forever."""
     big = tmp_path / "big.csv"

@@ -22,7 +22,7 @@ from rxstreamer.service import RunSummary, run_streamer
 from tests.conftest import TEST_DATA_CSV
 from tests.processes import Broker, broker_process, freeze, read_topic, thaw
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 BATCH = 10
 #: How long the frozen broker must keep a stopping streamer waiting: the stop must not cut the publish.

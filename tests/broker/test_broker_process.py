@@ -22,7 +22,7 @@ from rxstreamer.proto import mq_pb2, mq_pb2_grpc
 from tests.broker.test_server import RPC_TIMEOUT, publish, take
 from tests.processes import REPO_ROOT, catches, child_env, end_process, rxstreamer_command
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 START_TIMEOUT = 20.0
 # Publish and health answer within this while every subscriber slot is taken; a starved pool never does.

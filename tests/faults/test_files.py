@@ -32,7 +32,7 @@ from tests.processes import (
     start_watched_streamer,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 ROWS = 960
 SIZE = 399_757  # bytes of test-data/metrics.csv
