@@ -29,7 +29,7 @@ if str(REPO_ROOT) not in sys.path:
 
 BROKER_START_TIMEOUT = 30.0
 # Large enough that no benchmark ever fills a topic: a full topic would turn into retries and skew timings.
-BROKER_LIMITS = ("--max-messages", "10000000", "--max-bytes", "8GiB")
+BROKER_LIMITS = ("--max-messages", "10000000", "--max-bytes", "8GiB", "--max-total-bytes", "16GiB")
 
 
 # --- data ---------------------------------------------------------------------------------------------
