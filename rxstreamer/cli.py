@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from rxstreamer.config import ConfigError, Settings, load_settings
+from rxstreamer.config import DECLARATIONS, ConfigError, Settings, load_settings
 from rxstreamer.durations import parse_duration
 from rxstreamer.signals import install_process_watch
 
@@ -47,15 +47,15 @@ def _fail(message: str, status: int) -> int:
     return status
 
 
-def _settings(args: argparse.Namespace, overrides: dict[str, object]) -> Settings:
-    given = {key: value for key, value in overrides.items() if value is not None}
-    return load_settings(args.config, overrides=given)
+def _settings(args: argparse.Namespace) -> Settings:
+    """Settings with every setting flag given on the command line (each flag's dest is its setting's name)."""
+    return load_settings(args.config, overrides={name: getattr(args, name, None) for name in DECLARATIONS})
 
 
-def _configure_logging(settings: Settings, args: argparse.Namespace, stream: Any = None) -> None:
+def _configure_logging(settings: Settings, stream: Any = None) -> None:
     from rxstreamer.logs import configure_logging
 
-    configure_logging(args.log_format or settings.logging.format, settings.logging.level, stream=stream)
+    configure_logging(settings.logging.format, settings.logging.level, stream=stream)
 
 
 # --- run ----------------------------------------------------------------------------------------------
@@ -65,25 +65,10 @@ def _run(args: argparse.Namespace) -> int:
     from rxstreamer.checkpoint import CheckpointError
     from rxstreamer.pipeline import TransformError
     from rxstreamer.service import run_streamer
-    from rxstreamer.source import SourceError
+    from rxstreamer.sources import SourceError
 
-    settings = _settings(
-        args,
-        {
-            "telemetry.metrics_path": args.metrics_path,
-            "telemetry.batch_size": args.batch_size,
-            "telemetry.stream_interval": args.interval,
-            "telemetry.loop": args.loop,
-            "telemetry.timestamps": args.timestamps,
-            "message_queue.address": args.mq_address,
-            "message_queue.topic": args.topic,
-            "message_queue.producer_id": args.producer_id,
-            "telemetry.checkpoint_path": args.checkpoint_path,
-            "telemetry.start_over": args.start_over,
-            "telemetry.rejected_path": args.rejected_path,
-        },
-    )
-    _configure_logging(settings, args)
+    settings = _settings(args)
+    _configure_logging(settings)
     watch = install_process_watch()
     watch.event_prefix = "streamer"
     try:
@@ -101,23 +86,13 @@ def _mq(args: argparse.Namespace) -> int:
     # turns SIGINT/SIGTERM into a stop the broker honours once it runs, and logs SIGHUP instead of dying.
     watch = install_process_watch()
     watch.event_prefix = "broker"
-    from rxstreamer.broker import BrokerOptions, serve
+    try:
+        from rxstreamer.broker import BrokerOptions, serve
+    except ImportError as error:  # the broker extra is not installed: say what to install, not a traceback
+        return _fail(f"the broker needs: pip install 'rxstreamer[broker]' ({error})", EXIT_FAILURE)
 
-    settings = _settings(
-        args,
-        {
-            "broker.listen": args.listen,
-            "broker.max_messages": args.max_messages,
-            "broker.max_bytes": args.max_bytes,
-            "broker.retention": args.retention,
-            "broker.max_subscribers": args.max_subscribers,
-            "broker.max_topics": args.max_topics,
-            "broker.max_total_bytes": args.max_total_bytes,
-            "broker.data_dir": args.data_dir,
-            "broker.fsync": args.fsync,
-        },
-    )
-    _configure_logging(settings, args)
+    settings = _settings(args)
+    _configure_logging(settings)
     broker = settings.broker
     options = BrokerOptions(
         listen=broker.listen,
@@ -140,8 +115,8 @@ def _mq(args: argparse.Namespace) -> int:
 def _tail(args: argparse.Namespace) -> int:
     from rxstreamer.tail import TailError, TailOptions, tail
 
-    settings = _settings(args, {"message_queue.address": args.mq_address, "message_queue.topic": args.topic})
-    _configure_logging(settings, args, stream=sys.stderr)  # stdout carries the data
+    settings = _settings(args)
+    _configure_logging(settings, stream=sys.stderr)  # stdout carries the data
     try:
         idle = None if args.idle_timeout is None else parse_duration(args.idle_timeout)
     except ValueError as error:
@@ -204,15 +179,16 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from rxstreamer.source import SourceError
+    from rxstreamer.sources import SourceError
     from rxstreamer.validate import render_json, render_text, validate_file
 
-    settings = _settings(args, {})
+    settings = _settings(args)
     try:
         report = validate_file(
             args.file,
             max_field_size=settings.telemetry.max_field_size,
             sentinels=settings.telemetry.dcgm_sentinels,
+            format=settings.telemetry.format,
         )
     except SourceError as error:
         return _fail(str(error), EXIT_USAGE)
@@ -226,7 +202,6 @@ def _validate(args: argparse.Namespace) -> int:
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, help="a TOML, YAML or JSON file overriding settings.toml")
-    common.add_argument("--log-format", choices=("json", "console", "auto"), help="overrides logging.format")
 
     parser = argparse.ArgumentParser(
         prog="rxstreamer",
@@ -236,41 +211,15 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = commands.add_parser("run", parents=[common], help="stream a metrics file to the queue (default)")
-    run.add_argument("--metrics-path", help="telemetry.metrics_path: the DCGM CSV to stream")
-    run.add_argument("--batch-size", help="telemetry.batch_size: rows per published batch")
-    run.add_argument("--interval", help="telemetry.stream_interval: time between batches, e.g. 250ms; 0 = no pause")
-    run.add_argument("--loop", action=argparse.BooleanOptionalAction, help="telemetry.loop: replay the file endlessly")
-    run.add_argument("--timestamps", help="telemetry.timestamps: original | processing")
-    run.add_argument("--mq-address", help="message_queue.address: host:port of the queue")
-    run.add_argument("--topic", help="message_queue.topic")
-    run.add_argument("--producer-id", help="message_queue.producer_id: identity used for deduplication")
-    run.add_argument("--checkpoint-path", help="telemetry.checkpoint_path: record progress here and resume from it")
-    run.add_argument(
-        "--start-over",
-        action=argparse.BooleanOptionalAction,
-        help="telemetry.start_over: replace a checkpoint that does not fit this stream instead of refusing",
-    )
-    run.add_argument("--rejected-path", help="telemetry.rejected_path: append rejected rows to this CSV")
+    _add_setting_flags(run, "run")
     run.set_defaults(handler=_run)
 
     mq = commands.add_parser("mq", parents=[common], help="run the reference message-queue broker")
-    for flag, meaning in (
-        ("--listen", "broker.listen: host:port to bind (port 0 picks a free one)"),
-        ("--max-messages", "broker.max_messages: retained messages per topic"),
-        ("--max-bytes", "broker.max_bytes: retained payload bytes per topic, e.g. 256MiB"),
-        ("--retention", "broker.retention: release messages older than this; 0s keeps them"),
-        ("--max-subscribers", "broker.max_subscribers: open Subscribe streams at once"),
-        ("--max-topics", "broker.max_topics: topics the broker may hold"),
-        ("--max-total-bytes", "broker.max_total_bytes: payload bytes of all topics together, e.g. 1GiB"),
-        ("--data-dir", "broker.data_dir: keep topics in a SQLite database here, across restarts"),
-        ("--fsync", "broker.fsync: always | interval | never (with --data-dir)"),
-    ):
-        mq.add_argument(flag, help=meaning)
+    _add_setting_flags(mq, "mq")
     mq.set_defaults(handler=_mq)
 
     tail = commands.add_parser("tail", parents=[common], help="print the metrics a topic holds, as JSON lines")
-    tail.add_argument("--mq-address", help="message_queue.address: host:port of the queue")
-    tail.add_argument("--topic", help="message_queue.topic")
+    _add_setting_flags(tail, "tail")
     start = tail.add_mutually_exclusive_group()
     start.add_argument("--from-beginning", action="store_true", help="start with the oldest retained message")
     start.add_argument("--from-offset", type=int, metavar="N", help="start at this offset")
@@ -284,6 +233,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("file", type=Path, help="the DCGM CSV to check")
     validate.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_setting_flags(validate, "validate")
     validate.set_defaults(handler=_validate)
 
     generate = commands.add_parser("generate", help="write a realistic synthetic DCGM CSV (test data, load files)")
@@ -296,3 +246,17 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--scrape-interval", default="30s", help="time between scrapes (default 30s)")
     generate.set_defaults(handler=_generate)
     return parser
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser, command: str) -> None:
+    """The flags of the settings declared for ``command`` (rxstreamer/config.py): each stores its value under
+    the setting's dotted name, for _settings to pass on as an override; booleans get a --no- form."""
+    for name, declaration in DECLARATIONS.items():
+        if command not in declaration.commands:
+            continue
+        meaning = f"{name}: {declaration.help}".replace("`", "").replace("%", "%%")
+        if isinstance(declaration.default, bool):
+            parser.add_argument(declaration.flag, dest=name, action=argparse.BooleanOptionalAction, help=meaning)
+        else:
+            metavar = declaration.flag.removeprefix("--").replace("-", "_").upper()
+            parser.add_argument(declaration.flag, dest=name, metavar=metavar, help=meaning)

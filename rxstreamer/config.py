@@ -1,13 +1,20 @@
-"""Settings: layered sources in, one typed, validated, frozen object out.
+"""Settings: each declared once, layered in, handed out as one typed, validated, frozen object.
 
-Layers, lowest to highest: the packaged ``settings.toml``, an optional ``--config`` file (TOML, YAML or
-JSON), ``RXSTREAMER_*`` environment variables, then command-line overrides. Everything is checked here,
-before anything starts, so that a bad value fails with one line naming the setting instead of an error deep
-inside a running pipeline.
+Each setting is one ``setting(...)`` field of the dataclasses below: its kind (check and conversion, which mypy
+matches against the annotation), its default as settings.toml spells it, its help and its flag. The CLI flags
+are generated from these declarations; settings.toml and the README table are derived from them and checked by
+tests/test_settings_files.py (``python -m tests.test_settings_files`` rewrites both).
 
-This is the only module that imports dynaconf, and dynaconf only parses files: the environment and the
-overrides are applied here from the mappings the caller passes, which keeps tests hermetic (dynaconf's own
-environment loader reads ``os.environ`` and cannot be pointed elsewhere) and thread-safe.
+Layers, lowest first: the packaged settings.toml and ``--config FILE`` (TOML, YAML or JSON), read together by
+dynaconf; ``RXSTREAMER_`` environment variables, ``__`` nesting; command-line overrides. Each layer becomes a
+map of dotted names, so layering is ``dict.update``.
+
+The environment is read here, not by dynaconf's env loader, having tried it: that loader reads ``os.environ``
+through a module global (``environ=`` would mean patching dynaconf), reads values without knowing the setting
+(``RXSTREAMER_MESSAGE_QUEUE__TOPIC=123`` becomes the int 123, a comma-separated list stays a string,
+``RXSTREAMER_CONFIG`` becomes a key), and loses the variable's name that errors must show. Enumerations are
+named by the modules owning them ("rxstreamer.encoding:TimestampMode") and imported at the first check, so
+importing this module (the CLI does, at start) loads neither protobuf nor grpc.
 """
 
 from __future__ import annotations
@@ -15,28 +22,36 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import glob
+import importlib
 import ipaddress
 import math
 import os
 import re
 import threading
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal, cast
+from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeVar, cast, get_args
 
 from rxstreamer.durations import DURATION_HELP, format_duration, parse_duration, parse_size
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
+    from rxstreamer.encoding import TimestampMode
+    from rxstreamer.logs import LogFormat
+    from rxstreamer.parsing import SentinelMode
+
 __all__ = [
+    "DECLARATIONS",
     "ENV_NESTING",
     "ENV_PREFIX",
     "BrokerSettings",
     "ConfigError",
+    "Declaration",
+    "FsyncPolicy",
     "LoggingSettings",
     "MessageQueueSettings",
     "RetrySettings",
@@ -52,89 +67,9 @@ ENV_PREFIX: Final = "RXSTREAMER_"
 ENV_NESTING: Final = "__"
 MAX_BATCH_SIZE: Final = 1_000_000
 MAX_READ_AHEAD: Final = 16
+FsyncPolicy = Literal["always", "interval", "never"]  # here, not in rxstreamer.broker: importing that needs grpc
 
-TimestampMode = Literal["original", "processing"]
-LogFormat = Literal["json", "console", "auto"]
-SentinelMode = Literal["reject", "flag"]
-FsyncPolicy = Literal["always", "interval", "never"]
-
-TIMESTAMP_MODES: Final = ("original", "processing")
-LOG_FORMATS: Final = ("json", "console", "auto")
-LOG_LEVELS: Final = ("debug", "info", "warning", "error")
-SENTINEL_MODES: Final = ("reject", "flag")
-FSYNC_POLICIES: Final = ("always", "interval", "never")
-
-
-@dataclass(frozen=True)
-class RetrySettings:
-    initial_backoff: float
-    max_backoff: float
-    multiplier: float
-    max_attempts: int  # 0 = unlimited
-
-
-@dataclass(frozen=True)
-class TelemetrySettings:
-    metrics_path: Path
-    stream_interval: float
-    batch_size: int
-    loop: bool
-    timestamps: TimestampMode
-    transforms: tuple[str, ...]
-    instance: str  # names this streamer in the default producer id; empty means the host name
-    checkpoint_path: Path | None  # None: no checkpoints
-    start_over: bool  # ignore (and replace) a checkpoint that does not match the input
-    rejected_path: Path | None  # None: rejected rows are only logged
-    max_field_size: int  # bytes; a longer field (or a line without a newline) is rejected
-    dcgm_sentinels: SentinelMode
-    read_ahead: int  # batches read while the previous one is being published
-
-
-@dataclass(frozen=True)
-class MessageQueueSettings:
-    address: str
-    topic: str
-    publish_timeout: float
-    producer_id: str
-    max_retry_time: float  # seconds a batch may spend retrying before the stream stops; 0 = unlimited
-    publish_in_background: bool  # call Publish on a thread of its own, overlapping with reading ahead
-    retry: RetrySettings
-
-
-@dataclass(frozen=True)
-class ShutdownSettings:
-    timeout: float
-
-
-@dataclass(frozen=True)
-class LoggingSettings:
-    format: LogFormat
-    level: str
-    progress_interval: float
-    rejected_rows_in_full: int  # rejected rows logged one by one before switching to periodic counts
-
-
-@dataclass(frozen=True)
-class BrokerSettings:
-    listen: str
-    max_messages: int
-    max_bytes: int
-    retention: float
-    max_subscribers: int  # open streams; each holds one of the broker's threads
-    max_topics: int
-    max_total_bytes: int  # payload bytes retained by all topics together
-    data_dir: Path | None  # None: topics live in memory only
-    fsync: FsyncPolicy
-    fsync_interval: float
-
-
-@dataclass(frozen=True)
-class Settings:
-    telemetry: TelemetrySettings
-    message_queue: MessageQueueSettings
-    shutdown: ShutdownSettings
-    logging: LoggingSettings
-    broker: BrokerSettings
+T = TypeVar("T")
 
 
 class ConfigError(Exception):
@@ -151,77 +86,372 @@ class ConfigError(Exception):
         self.allowed = allowed
 
     def __str__(self) -> str:
-        return f"{self.setting} = {_show(self.value)}: {self.allowed}"
+        shown = repr(str(self.value)) if isinstance(self.value, Path) else repr(self.value)
+        return f"{self.setting} = {shown}: {self.allowed}"
 
 
-# --- schema ---------------------------------------------------------------------------------------------
+# --- declaring a setting --------------------------------------------------------------------------------
 
-Kind = Literal["str", "path", "optional_path", "int", "float", "bool", "duration", "size", "list", "table"]
 
-# Every known table and the kind of each of its keys. The kind drives three things: which keys are typos,
-# how an environment string is read, and how a command-line string is coerced. Values are validated below.
-_SCHEMA: Final[dict[str, dict[str, Kind]]] = {
-    "telemetry": {
-        "metrics_path": "path",
-        "stream_interval": "duration",
-        "batch_size": "int",
-        "loop": "bool",
-        "timestamps": "str",
-        "transforms": "list",
-        "instance": "str",
-        "checkpoint_path": "optional_path",
-        "start_over": "bool",
-        "rejected_path": "optional_path",
-        "max_field_size": "size",
-        "dcgm_sentinels": "str",
-        "read_ahead": "int",
-    },
-    "message_queue": {
-        "address": "str",
-        "topic": "str",
-        "publish_timeout": "duration",
-        "producer_id": "str",
-        "max_retry_time": "duration",
-        "publish_in_background": "bool",
-        "retry": "table",
-    },
-    "message_queue.retry": {
-        "initial_backoff": "duration",
-        "max_backoff": "duration",
-        "multiplier": "float",
-        "max_attempts": "int",
-    },
-    "shutdown": {"timeout": "duration"},
-    "logging": {"format": "str", "level": "str", "progress_interval": "duration", "rejected_rows_in_full": "int"},
-    "broker": {
-        "listen": "str",
-        "max_messages": "int",
-        "max_bytes": "size",
-        "retention": "duration",
-        "max_subscribers": "int",
-        "max_topics": "int",
-        "max_total_bytes": "size",
-        "data_dir": "optional_path",
-        "fsync": "str",
-        "fsync_interval": "duration",
-    },
+@dataclass(frozen=True)
+class Kind(Generic[T]):
+    """How a value is checked and converted (a ValueError says what is allowed) and shown in the summary."""
+
+    convert: Callable[[Any], T]
+    show: Callable[[Any], object] = lambda value: value
+
+
+@dataclass(frozen=True)
+class Declaration:
+    kind: Kind[Any]
+    default: object  # as settings.toml spells it; its type also says how environment and flag text is read
+    help: str
+    flag: str
+    commands: tuple[str, ...]
+
+
+def setting(kind: Kind[T], default: object, help: str, usage: str = "") -> T:
+    """A dataclass field declaring one setting; typed as the kind's result, so mypy checks the annotation.
+
+    ``usage`` is the flag, after the commands taking it unless only ``run`` does: "--loop", "mq --listen".
+    """
+    *commands, flag = usage.split() or [""]
+    declaration = Declaration(kind, default, help, flag, tuple(commands) or (("run",) if flag else ()))
+    return cast(T, dataclasses.field(metadata={"setting": declaration}))
+
+
+def table(cls: type[T]) -> T:
+    """A dataclass field holding a nested table of settings."""
+    return cast(T, dataclasses.field(metadata={"table": cls}))
+
+
+def _rule(test: Callable[[Any], object], allowed: str, then: Callable[[Any], T]) -> Callable[[Any], T]:
+    def convert(value: Any) -> T:
+        if not test(value):
+            raise ValueError(allowed)
+        return then(value)
+
+    return convert
+
+
+def _path(value: Any) -> Path | None:
+    """An empty string switches the feature off; anything else must be a path."""
+    if isinstance(value, str) and not value.strip():
+        return None
+    if not isinstance(value, str | Path):
+        raise ValueError("must be a file path")
+    return Path(value).expanduser()
+
+
+_NAMES = r"[^\W\d]\w*(?:\.[^\W\d]\w*)*"
+_TRANSFORMS_HELP = 'must be a list of "package.module:function" strings, e.g. ["mypkg.ops:drop_idle"]'
+
+
+def _transforms(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple):
+        raise ValueError(_TRANSFORMS_HELP)
+    for item in value:
+        if not isinstance(item, str) or not re.fullmatch(f"{_NAMES}:{_NAMES}", item):
+            raise ValueError(f"{_TRANSFORMS_HELP}; {item!r} is not of that form")
+    return tuple(value)
+
+
+_TOPIC = "must be 1 to 255 characters from A-Z, a-z, 0-9, '.', '_' and '-'"
+_POSITIVE = f"must be greater than zero; expected {DURATION_HELP}"
+
+TEXT: Final = Kind(_rule(lambda v: isinstance(v, str), "must be a string", str))
+TOPIC: Final = Kind(_rule(lambda v: isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9._-]{1,255}", v), _TOPIC, str))
+PATH: Final = Kind(_rule(lambda v: _path(v) is not None, "must be a file path", lambda v: Path(v).expanduser()), str)
+OPTIONAL_PATH: Final = Kind(_path, lambda path: "" if path is None else str(path))
+BOOLEAN: Final = Kind(_rule(lambda v: isinstance(v, bool), "must be true or false", bool))
+MULTIPLIER: Final = Kind(_rule(lambda v: type(v) in (int, float) and 1 <= v < math.inf, "must be a number >= 1", float))
+SIZE: Final = Kind(_rule(lambda v: parse_size(v) >= 1, "must be at least 1 byte", parse_size))
+DURATION: Final = Kind(parse_duration, format_duration)
+POSITIVE: Final = Kind(_rule(lambda v: parse_duration(v) > 0, _POSITIVE, parse_duration), format_duration)
+TRANSFORMS: Final = Kind(_transforms, list)
+
+
+def integer(minimum: int, maximum: int | None = None) -> Kind[int]:
+    def convert(value: Any) -> int:
+        if type(value) is not int:
+            raise ValueError(f"must be an integer >= {minimum}" + ("" if maximum is None else f" and <= {maximum}"))
+        if value < minimum or (maximum is not None and value > maximum):
+            raise ValueError(
+                f"must be an integer >= {minimum}" if value < minimum else f"must be an integer <= {maximum}"
+            )
+        return value
+
+    return Kind(convert)
+
+
+def choice(owner: str) -> Kind[Any]:
+    """One value of the enumeration (a Literal or a tuple) declared by its owner, named "module:Name".
+
+    Typed Any: the Literal itself is imported for type checking only (see the module docstring).
+    """
+
+    def convert(value: Any) -> str:
+        allowed = _declared_by(owner)
+        if not isinstance(value, str) or value.strip().lower() not in allowed:
+            raise ValueError(f"must be one of: {', '.join(allowed)}")
+        return value.strip().lower()
+
+    return Kind(convert)
+
+
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+
+
+def _declared_by(owner: str) -> tuple[str, ...]:
+    """The values of the enumeration (a Literal or a tuple) that module "module:Name" declares."""
+    module, _, name = owner.partition(":")
+    declared = getattr(importlib.import_module(module), name)
+    return tuple(get_args(declared) or declared)
+
+
+def host_port(min_port: int, schemes_owner: str = "") -> Kind[str]:
+    """host:port (an IPv6 host in brackets), or SCHEME://host:port for a scheme ``schemes_owner`` declares."""
+
+    def convert(value: Any) -> str:
+        schemes = _declared_by(schemes_owner) if schemes_owner else ()
+        allowed = f'must be host:port with a port from {min_port} to 65535, e.g. "localhost:50051", '
+        allowed += '"10.0.0.5:50051" or "[::1]:50051"' + "".join(f", or {scheme}://host:port" for scheme in schemes)
+        scheme, separator, rest = value.rpartition("://") if isinstance(value, str) else ("", "", "")
+        if separator and schemes and scheme not in schemes:
+            raise ValueError(f"unknown scheme {scheme!r}; the schemes are: {', '.join(schemes)}")
+        host, _, port = rest.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            valid = _ip_version(host[1:-1]) == 6
+        elif re.fullmatch(r"[0-9.]+", host):
+            valid = _ip_version(host) == 4
+        else:
+            valid = len(host) <= 253 and re.fullmatch(rf"{_LABEL}(?:\.{_LABEL})*\.?", host) is not None
+        if (separator and not schemes) or not valid or not re.fullmatch(r"[0-9]{1,5}", port):
+            raise ValueError(allowed)
+        if not min_port <= int(port) <= 65535:
+            raise ValueError(allowed)
+        return str(value)
+
+    return Kind(convert)
+
+
+def _ip_version(text: str) -> int | None:
+    try:
+        return ipaddress.ip_address(text).version
+    except ValueError:
+        return None
+
+
+# --- the settings ---------------------------------------------------------------------------------------
+# RUF009 is silenced where ruff does not know a field's type to be immutable: setting() and table() return
+# a dataclasses.field(), so no default value is shared between instances.
+
+
+@dataclass(frozen=True)
+class TelemetrySettings:
+    metrics_path: Path = setting(PATH, "./test-data/metrics.csv", "the DCGM CSV to stream", "--metrics-path")  # noqa: RUF009
+    format: str = setting(
+        choice("rxstreamer.sources:SOURCE_FORMATS"),
+        "auto",
+        "the input's format: `auto` picks it by the file's extension, `csv` is a DCGM exporter CSV",
+        "run validate --format",
+    )
+    stream_interval: float = setting(
+        DURATION, "1s", "time between batches; `0s` streams as fast as the queue accepts", "--interval"
+    )
+    batch_size: int = setting(integer(1, MAX_BATCH_SIZE), 10, "rows per batch", "--batch-size")
+    loop: bool = setting(BOOLEAN, False, "replay the file endlessly", "--loop")
+    timestamps: TimestampMode = setting(  # noqa: RUF009
+        choice("rxstreamer.encoding:TimestampMode"),
+        "original",
+        "`original` keeps the CSV time; `processing` stamps rows with the time they are published",
+        "--timestamps",
+    )
+    transforms: tuple[str, ...] = setting(
+        TRANSFORMS,
+        [],
+        'your operators between parsing and batching, `["package.module:function", ...]` (see Using it as a '
+        "library); in the environment a TOML array or a comma-separated list",
+    )
+    instance: str = setting(TEXT, "", "names this streamer in the default producer id; empty: the host name")
+    checkpoint_path: Path | None = setting(  # noqa: RUF009
+        OPTIONAL_PATH,
+        "",
+        "record progress after each acknowledged batch and resume from it (see Delivery guarantees); empty: off",
+        "--checkpoint-path",
+    )
+    start_over: bool = setting(
+        BOOLEAN,
+        False,
+        "replace a checkpoint written for another file, batch size or producer instead of refusing to start",
+        "--start-over",
+    )
+    rejected_path: Path | None = setting(  # noqa: RUF009
+        OPTIONAL_PATH,
+        "",
+        "append every rejected row to this CSV (`line,reason,detail,raw`) to fix and replay; empty: off",
+        "--rejected-path",
+    )
+    max_field_size: int = setting(
+        SIZE,
+        "64KiB",
+        "the longest line (or multi-line record) accepted; longer ones are rejected without being held in memory",
+    )
+    dcgm_sentinels: SentinelMode = setting(  # noqa: RUF009
+        choice("rxstreamer.parsing:SentinelMode"),
+        "reject",
+        'DCGM\'s "blank / not found / not supported / not permissioned" numbers: `reject` them, or `flag` them '
+        "(published with label `dcgm_sentinel`)",
+    )
+    read_ahead: int = setting(
+        integer(0, MAX_READ_AHEAD),
+        0,
+        "batches read while the previous one is being published; `0` reads only after each acknowledgement",
+    )
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    initial_backoff: float = setting(POSITIVE, "100ms", "first backoff bound (exponential, with full jitter)")
+    max_backoff: float = setting(POSITIVE, "5s", "backoff cap, at least `initial_backoff`")
+    multiplier: float = setting(MULTIPLIER, 2.0, "growth of the bound per attempt")
+    max_attempts: int = setting(integer(0), 0, "attempts per batch, the first included; `0` retries until stopped")
+
+
+@dataclass(frozen=True)
+class MessageQueueSettings:
+    address: str = setting(
+        host_port(1, "rxstreamer.sinks:SCHEMES"),
+        "localhost:50051",
+        "`host:port` (or `grpc://host:port`) of the queue",
+        "run tail --mq-address",
+    )
+    topic: str = setting(TOPIC, "gpu-telemetry", "the topic to publish to (and to read from)", "run tail --topic")
+    publish_timeout: float = setting(POSITIVE, "5s", "deadline of one publish call")
+    producer_id: str = setting(
+        TEXT,
+        "",
+        "the identity the queue deduplicates by; empty: instance, file name, file fingerprint and batch size",
+        "--producer-id",
+    )
+    max_retry_time: float = setting(
+        DURATION, "0s", "how long one batch may be retried before the stream stops with reason `error`; `0s`: forever"
+    )
+    publish_in_background: bool = setting(
+        BOOLEAN,
+        False,
+        "make Publish calls on a thread of their own so that `read_ahead` overlaps reading with the call (slower "
+        "on 2 cores, see docs/benchmarks.md)",
+    )
+    retry: RetrySettings = table(RetrySettings)  # noqa: RUF009
+
+
+@dataclass(frozen=True)
+class ShutdownSettings:
+    timeout: float = setting(POSITIVE, "10s", "on a stop signal, how long the publish in flight may take to finish")
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    format: LogFormat = setting(  # noqa: RUF009
+        choice("rxstreamer.logs:LogFormat"),
+        "auto",
+        "`json`, `console`, or `auto` (console on a terminal)",
+        "run mq tail validate --log-format",
+    )
+    level: str = setting(choice("rxstreamer.logs:LOG_LEVELS"), "info", "`debug`, `info`, `warning`, `error`")
+    progress_interval: float = setting(POSITIVE, "10s", "how often `streamer.progress` is logged")
+    rejected_rows_in_full: int = setting(
+        integer(0), 20, "rejected rows logged one by one; after that, one count per progress interval"
+    )
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    listen: str = setting(
+        host_port(0), "127.0.0.1:50051", "where the reference broker listens; port 0 picks one", "mq --listen"
+    )
+    max_messages: int = setting(integer(1), 100000, "messages retained per topic", "mq --max-messages")
+    max_bytes: int = setting(SIZE, "256MiB", "payload bytes retained per topic", "mq --max-bytes")
+    retention: float = setting(
+        DURATION,
+        "0s",
+        "release messages older than this; `0s` keeps them until the broker stops",
+        "mq --retention",
+    )
+    max_subscribers: int = setting(
+        integer(1),
+        64,
+        "open `Subscribe` (and health `Watch`) streams; more are refused with `RESOURCE_EXHAUSTED`, so streams "
+        "never take the threads Publish needs",
+        "mq --max-subscribers",
+    )
+    max_topics: int = setting(
+        integer(1),
+        1000,
+        "topics the broker holds; a publish that would create one more is refused with `RESOURCE_EXHAUSTED`",
+        "mq --max-topics",
+    )
+    max_total_bytes: int = setting(
+        SIZE,
+        "1GiB",
+        "payload bytes retained by all topics together; past it publishes are refused like a full topic",
+        "mq --max-total-bytes",
+    )
+    data_dir: Path | None = setting(  # noqa: RUF009
+        OPTIONAL_PATH,
+        "",
+        "keep topics in a SQLite database here (`broker.sqlite3`), across restarts; empty: in memory only",
+        "mq --data-dir",
+    )
+    fsync: FsyncPolicy = setting(  # noqa: RUF009
+        choice("rxstreamer.config:FsyncPolicy"),
+        "always",
+        "`always` (before each acknowledgement), `interval`, or `never`",
+        "mq --fsync",
+    )
+    fsync_interval: float = setting(
+        POSITIVE, "100ms", 'with `fsync = "interval"`: how often the database is flushed to disk'
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    telemetry: TelemetrySettings = table(TelemetrySettings)  # noqa: RUF009
+    message_queue: MessageQueueSettings = table(MessageQueueSettings)  # noqa: RUF009
+    shutdown: ShutdownSettings = table(ShutdownSettings)  # noqa: RUF009
+    logging: LoggingSettings = table(LoggingSettings)  # noqa: RUF009
+    broker: BrokerSettings = table(BrokerSettings)  # noqa: RUF009
+
+
+def _register(cls: type[DataclassInstance], name: str = "") -> None:
+    TABLES[name] = [field.name for field in dataclasses.fields(cls)]
+    for field in dataclasses.fields(cls):
+        if "table" in field.metadata:
+            _register(field.metadata["table"], _join(name, field.name))
+        else:
+            DECLARATIONS[_join(name, field.name)] = field.metadata["setting"]
+
+
+def _join(table_name: str, key: str) -> str:
+    return f"{table_name}.{key}" if table_name else key
+
+
+TABLES: Final[dict[str, list[str]]] = {}  # every table by dotted name ("" is the top level), with its keys
+DECLARATIONS: Final[dict[str, Declaration]] = {}  # every setting by dotted name, in declaration order
+_register(Settings)
+
+
+# --- loading --------------------------------------------------------------------------------------------
+
+_FORMATS: Final = {".toml": "TOML", ".yaml": "YAML", ".yml": "YAML", ".json": "JSON"}
+_DYNACONF_LOCK = threading.Lock()  # dynaconf reloads module-level state on every instantiation
+# A flag's string for a setting whose default is a number or a boolean must be one; what it must be.
+_FLAG_TYPES: Final[dict[type, tuple[tuple[type, ...], str]]] = {
+    bool: ((bool,), "must be true or false"),
+    int: ((int,), "must be an integer"),
+    float: ((int, float), "must be a number"),
 }
-_SECTIONS: Final = tuple(name for name in _SCHEMA if "." not in name)
-
-_CONFIG_FORMATS: Final = {".toml": "TOML", ".yaml": "YAML", ".yml": "YAML", ".json": "JSON"}
-
-_TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,255}")
-_HOST_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
-_HOSTNAME_RE = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?")
-_TRANSFORM_RE = re.compile(r"(?P<module>[^:\s]+):(?P<attr>[^:\s]+)")
-_TRANSFORM_HELP = 'must be a list of "package.module:function" strings, e.g. ["mypkg.ops:drop_idle"]'
-
-# dynaconf mutates module-level state (it reloads its default_settings module) on every instantiation.
-_DYNACONF_LOCK = threading.Lock()
-_MISSING: Final = object()
-
-
-# --- public API -----------------------------------------------------------------------------------------
 
 
 def load_settings(
@@ -233,24 +463,25 @@ def load_settings(
 
     ``overrides`` maps dotted names ("telemetry.batch_size") to values; a None value means "not given", so
     the CLI can pass every flag straight from argparse. ``environ`` defaults to ``os.environ``.
-
-    Like any dynaconf settings file, ``--config NAME.EXT`` is followed by ``NAME.local.EXT`` from the same
-    directory when that file exists (dynaconf's convention for uncommitted local overrides).
     """
-    data = _read_file(_packaged_defaults(), "packaged defaults")
-    if config_file is not None:
-        path = Path(config_file).expanduser()
-        if path.suffix not in _CONFIG_FORMATS:
-            raise ConfigError(
-                "--config",
-                path,
-                f"unsupported file type {path.suffix or '(no extension)'!r}; use .toml, .yaml, .yml or .json",
-            )
-        require_readable_file("--config", path)
-        _merge(data, _read_file(path, "--config"))
-    _merge(data, _environment_layer(os.environ if environ is None else environ))
-    _merge(data, _overrides_layer(overrides or {}))
-    return _build(data)
+    values = _files_layer(None if config_file is None else Path(config_file).expanduser())
+    for variable, raw in sorted((os.environ if environ is None else environ).items()):
+        values.update(_environment_variable(variable, raw))
+    for name, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if name in TABLES:
+            keys = ", ".join(_join(name, key) for key in TABLES[name])
+            raise ConfigError(name, value, f"is a table; override one of its settings: {keys}")
+        if name not in DECLARATIONS:
+            raise _unknown(name, value, name)
+        values[name] = _read(value, name, strict=True)
+    settings: Settings = _build(Settings, "", values)
+    if settings.message_queue.retry.max_backoff < settings.message_queue.retry.initial_backoff:
+        floor = format_duration(settings.message_queue.retry.initial_backoff)
+        name = "message_queue.retry.max_backoff"
+        raise ConfigError(name, values[name], f"must be >= message_queue.retry.initial_backoff ({floor})")
+    return settings
 
 
 def require_readable_file(setting: str, path: Path) -> None:
@@ -272,470 +503,124 @@ def require_readable_file(setting: str, path: Path) -> None:
 def settings_summary(settings: Settings) -> dict[str, object]:
     """The effective configuration as flat dotted keys, written the way settings.toml spells values."""
     summary: dict[str, object] = {}
-    for section in _SECTIONS:
-        summary.update(_flatten(section, getattr(settings, section)))
+    for name, declaration in DECLARATIONS.items():
+        value: object = settings
+        for part in name.split("."):
+            value = getattr(value, part)
+        summary[name] = declaration.kind.show(value)
     return summary
 
 
-# --- layers ---------------------------------------------------------------------------------------------
-
-
-def _packaged_defaults() -> Path:
-    return Path(str(resources.files("rxstreamer").joinpath("settings.toml")))
-
-
-def _read_file(path: Path, setting: str) -> dict[str, Any]:
-    """Parse one settings file with dynaconf into plain, lower-cased nested dicts."""
+def _files_layer(config: Path | None) -> dict[str, object]:
+    """The packaged settings.toml, then --config and its NAME.local.EXT sibling, layered by dynaconf."""
     from dynaconf import Dynaconf  # imported here: it costs ~0.1 s of start-up
 
-    kind = _CONFIG_FORMATS.get(path.suffix, "TOML")
+    files = [Path(str(resources.files("rxstreamer").joinpath("settings.toml"))), *([config] if config else [])]
+    if config and config.suffix not in _FORMATS:
+        unsupported = f"unsupported file type {config.suffix or '(no extension)'!r}; use .toml, .yaml, .yml or .json"
+        raise ConfigError("--config", config, unsupported)
+    if config:
+        require_readable_file("--config", config)
+    problem = f"cannot be read as {_FORMATS[files[-1].suffix]}"
     with _DYNACONF_LOCK:
-        try:
-            loaded = Dynaconf(
-                # An absolute, glob-escaped path: dynaconf would otherwise search parent directories for a
-                # relative name and expand "[...]" in a path as a pattern.
-                settings_files=[glob.escape(str(path.absolute()))],
+        try:  # absolute, glob-escaped paths: no search through parent directories, no "[...]" patterns
+            tree = Dynaconf(
+                settings_files=[glob.escape(str(path.absolute())) for path in files],
                 core_loaders=["TOML", "YAML", "JSON"],
-                environments=False,
-                load_dotenv=False,
-                loaders=[],  # no environment loader: the environment layer is applied by this module
+                environments=False,  # load_dotenv is off by default; passing it would add a LOAD_DOTENV key
+                loaders=[],  # no environment loader: see the module docstring
                 merge_enabled=True,
-            )
-            raw = loaded.as_dict()
+            ).as_dict()
         except (AttributeError, TypeError) as exc:
-            raise ConfigError(
-                setting, path, f"cannot be read as {kind}: the top level must be a table of sections"
-            ) from exc
+            raise ConfigError("--config", files[-1], f"{problem}: the top level must be a table of sections") from exc
         except Exception as exc:  # every parser has its own exception types; all mean "cannot be read"
             message = " ".join(str(exc).split()) or type(exc).__name__
-            raise ConfigError(setting, path, f"cannot be read as {kind}: {message}") from exc
-    plain = _plain(raw)
-    return plain if isinstance(plain, dict) else {}
+            raise ConfigError("--config", files[-1], f"{problem}: {message}") from exc
+    return _flatten(tree)
 
 
-def _environment_layer(environ: Mapping[str, str]) -> dict[str, Any]:
-    """RXSTREAMER_SECTION__KEY=value variables as a nested dict.
-
-    Values are read as TOML literals (so 50 is an int, true a bool, ["a:b"] a list), falling back to the
-    raw text, which lets ``RXSTREAMER_TELEMETRY__STREAM_INTERVAL=500ms`` work unquoted. Text settings keep
-    the raw text, so a topic named 123 stays a string.
-    """
-    layer: dict[str, Any] = {}
-    for name, text in sorted(environ.items()):
-        if not name.startswith(ENV_PREFIX):
-            continue
-        parts = name[len(ENV_PREFIX) :].lower().split(ENV_NESTING)
-        if parts[0] not in _SECTIONS:
-            _reject_single_underscore(name, text, parts)
-            continue  # RXSTREAMER_* variables that are not settings (e.g. for wrapper scripts) are ignored
-        kind = _kind_of(parts)
-        if kind is None:
-            raise _unknown_setting(name, text, parts)
-        _assign(layer, parts, _env_value(text, kind))
-    return layer
+def _flatten(tree: Mapping[Any, Any], table_name: str = "") -> dict[str, object]:
+    """A nested table as dotted names, refusing keys that are no setting (in any case: dynaconf's rule)."""
+    flat: dict[str, object] = {}
+    for key, value in tree.items():
+        name = _join(table_name, str(key).lower())
+        if name in TABLES and not isinstance(value, Mapping):
+            raise ConfigError(name, value, f"must be a table with the keys {', '.join(TABLES[name])}")
+        if name not in TABLES and name not in DECLARATIONS:
+            raise _unknown(name, value, name)
+        flat.update(_flatten(value, name) if name in TABLES else {name: value})
+    return flat
 
 
-def _reject_single_underscore(name: str, text: str, parts: list[str]) -> None:
-    """Catch RXSTREAMER_TELEMETRY_BATCH_SIZE, which would otherwise be silently ignored."""
-    flat = "_".join(parts)
-    if not any(flat.startswith(section + "_") for section in _SECTIONS):
-        return
-    for table, keys in _SCHEMA.items():
-        for key in keys:
-            dotted = f"{table}.{key}"
-            if dotted.replace(".", "_") == flat:
-                suggestion = ENV_PREFIX + dotted.replace(".", ENV_NESTING).upper()
-                raise ConfigError(name, text, f"not a setting; nested names use '__': {suggestion}")
-    raise ConfigError(name, text, f"not a setting; nested names use '__', e.g. {ENV_PREFIX}TELEMETRY__BATCH_SIZE")
+def _environment_variable(variable: str, raw: str) -> dict[str, object]:
+    """RXSTREAMER_SECTION__KEY as a setting. RXSTREAMER_NAME without ``__`` is left to wrapper scripts, unless
+    it is RXSTREAMER_SECTION_KEY: that looks meant, and would silently do nothing."""
+    if not variable.startswith(ENV_PREFIX):
+        return {}
+    name = variable.removeprefix(ENV_PREFIX).lower().replace(ENV_NESTING, ".")
+    if "." not in name and name not in TABLES:
+        if any(name.startswith(f"{section}_") for section in TABLES[""]):
+            spelled = [ENV_PREFIX + known.replace(".", ENV_NESTING).upper() for known in DECLARATIONS]
+            meant = [env for env in spelled if env.replace(ENV_NESTING, "_") == variable]
+            hint = f": {meant[0]}" if meant else f", e.g. {ENV_PREFIX}TELEMETRY__BATCH_SIZE"
+            raise ConfigError(variable, raw, f"not a setting; nested names use '__'{hint}")
+        return {}
+    if name not in TABLES and name not in DECLARATIONS:
+        raise _unknown(variable, raw, name)
+    return _flatten({name: _read(raw, name, strict=False)})
 
 
-def _env_value(text: str, kind: Kind | None) -> object:
-    literal = _toml_literal(text)
-    if kind in ("str", "path"):
-        return literal if isinstance(literal, str) else text
-    if kind == "bool" and text.strip().lower() in ("true", "false"):
-        return text.strip().lower() == "true"
-    if kind == "list" and literal is _MISSING:
-        return _split_list(text)
-    return text if literal is _MISSING else _plain(literal)
-
-
-def _toml_literal(text: str) -> object:
-    try:
-        parsed = tomllib.loads(f"value = {text}")
+def _read(raw: object, name: str, *, strict: bool) -> object:
+    """An environment or flag string as a value, by the type of the setting's default: text stays text
+    (a quoted TOML string loses its quotes), a list may be comma-separated, anything else is a TOML literal
+    (50, true, ["a:b"], { KEY = 1 }) when it is one, else text. From a flag, numbers and booleans must be."""
+    default = DECLARATIONS[name].default if name in DECLARATIONS else None
+    if not isinstance(raw, str):
+        return raw
+    try:  # a value with a newline could smuggle in extra keys: such text is not a single literal
+        parsed = tomllib.loads(f"value = {raw}")
+        literal = parsed["value"] if parsed.keys() == {"value"} else raw
     except tomllib.TOMLDecodeError:
-        return _MISSING
-    # A value with a newline could smuggle in extra keys; such text is not a single literal.
-    return parsed["value"] if parsed.keys() == {"value"} else _MISSING
+        literal = raw
+    if isinstance(default, bool) and raw.strip().lower() in ("true", "false"):
+        literal = raw.strip().lower() == "true"
+    elif isinstance(default, list) and literal is raw:
+        literal = [item.strip() for item in raw.split(",") if item.strip()]
+    accepted, allowed = _FLAG_TYPES.get(type(default), ((type(literal),), ""))
+    if strict and type(literal) not in accepted:
+        raise ConfigError(name, raw, allowed)
+    return literal if not isinstance(default, str) or isinstance(literal, str) else raw
 
 
-def _split_list(text: str) -> list[str]:
-    return [item.strip() for item in text.split(",") if item.strip()]
+def _unknown(shown: str, value: object, name: str) -> ConfigError:
+    """Name what the table accepts and the likely intended key: most unknown keys are typos."""
+    parts = name.split(".")
+    depth = max(depth for depth in range(len(parts)) if ".".join(parts[:depth]) in TABLES)
+    table_name, key, known = ".".join(parts[:depth]), parts[depth], TABLES[".".join(parts[:depth])]
+    if key in known:
+        return ConfigError(shown, value, f"unknown setting; {_join(table_name, key)} has no sub-settings")
+    hint = difflib.get_close_matches(key, known, n=1)
+    did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
+    where = f"{table_name} accepts" if table_name else "the sections are"
+    return ConfigError(shown, value, f"unknown setting{did_you_mean}; {where}: {', '.join(known)}")
 
 
-def _overrides_layer(overrides: Mapping[str, object]) -> dict[str, Any]:
-    """Command-line values by dotted name; strings are coerced for numeric and boolean settings."""
-    layer: dict[str, Any] = {}
-    for dotted, value in overrides.items():
-        if value is None:
+def _build(cls: Any, table_name: str, values: Mapping[str, object]) -> Any:
+    """The dataclass tree, each setting converted by its kind, in declaration order."""
+    arguments: dict[str, object] = {}
+    for field in dataclasses.fields(cls):
+        name = _join(table_name, field.name)
+        if "table" in field.metadata:
+            arguments[field.name] = _build(field.metadata["table"], name, values)
             continue
-        parts = dotted.split(".")
-        kind = _kind_of(parts)
-        if kind == "table":
-            keys = ", ".join(f"{dotted}.{key}" for key in _SCHEMA[dotted])
-            raise ConfigError(dotted, value, f"is a table; override one of its settings: {keys}")
-        if kind is None:
-            raise _unknown_setting(dotted, value, parts)
-        _assign(layer, parts, _coerce_override(dotted, value, kind))
-    return layer
-
-
-def _coerce_override(dotted: str, value: object, kind: Kind) -> object:
-    if not isinstance(value, str):
-        return value
-    text = value.strip()
-    if kind == "int":
+        if name not in values:
+            meddling = sorted(variable for variable in os.environ if variable.endswith("_FOR_DYNACONF"))
+            hint = f"dynaconf's own environment variables change how files are read, unset {', '.join(meddling)}"
+            raise ConfigError(
+                name, None, f"missing; {hint if meddling else 'the packaged settings.toml should set it'}"
+            )
         try:
-            return int(text)
-        except ValueError:
-            raise ConfigError(dotted, value, "must be an integer") from None
-    if kind == "float":
-        try:
-            return float(text)
-        except ValueError:
-            raise ConfigError(dotted, value, "must be a number") from None
-    if kind == "bool":
-        if text.lower() not in ("true", "false"):
-            raise ConfigError(dotted, value, "must be true or false")
-        return text.lower() == "true"
-    if kind == "list":
-        return _split_list(text)
-    return value
-
-
-def _kind_of(parts: list[str]) -> Kind | None:
-    if len(parts) == 1:
-        return "table" if parts[0] in _SCHEMA else None
-    return _SCHEMA.get(".".join(parts[:-1]), {}).get(parts[-1])
-
-
-def _assign(tree: dict[str, Any], parts: list[str], value: object) -> None:
-    node = tree
-    for part in parts[:-1]:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = node[part] = {}
-        node = child
-    node[parts[-1]] = value
-
-
-def _merge(base: dict[str, Any], layer: Mapping[str, Any]) -> None:
-    """Deep merge: a layer that sets one key of a table keeps every other key of that table."""
-    for key, value in layer.items():
-        current = base.get(key)
-        if isinstance(current, dict) and isinstance(value, dict):
-            _merge(current, value)
-        else:
-            base[key] = value
-
-
-def _plain(value: Any) -> object:
-    """dynaconf's boxes as plain dicts and lists, keys lower-cased (dynaconf matches keys in any case)."""
-    if isinstance(value, Mapping):
-        return {str(key).lower(): _plain(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
-    return value
-
-
-# --- validation -----------------------------------------------------------------------------------------
-
-
-def _build(data: Mapping[str, Any]) -> Settings:
-    tables = {name: _table(data, name) for name in _SCHEMA}
-    for name, table in tables.items():
-        _reject_unknown_keys(name, table)
-
-    telemetry = tables["telemetry"]
-    message_queue = tables["message_queue"]
-    retry = tables["message_queue.retry"]
-    logging = tables["logging"]
-    broker = tables["broker"]
-
-    initial_backoff = _duration("message_queue.retry.initial_backoff", retry, positive=True)
-    max_backoff = _duration("message_queue.retry.max_backoff", retry, positive=True)
-    if max_backoff < initial_backoff:
-        raise ConfigError(
-            "message_queue.retry.max_backoff",
-            retry["max_backoff"],
-            f"must be >= message_queue.retry.initial_backoff ({format_duration(initial_backoff)})",
-        )
-
-    return Settings(
-        telemetry=TelemetrySettings(
-            metrics_path=_path("telemetry.metrics_path", telemetry),
-            stream_interval=_duration("telemetry.stream_interval", telemetry, positive=False),
-            batch_size=_integer("telemetry.batch_size", telemetry, minimum=1, maximum=MAX_BATCH_SIZE),
-            loop=_boolean("telemetry.loop", telemetry),
-            timestamps=cast(TimestampMode, _choice("telemetry.timestamps", telemetry, TIMESTAMP_MODES)),
-            transforms=_transforms("telemetry.transforms", telemetry),
-            instance=_string("telemetry.instance", telemetry),
-            checkpoint_path=_optional_path("telemetry.checkpoint_path", telemetry),
-            start_over=_boolean("telemetry.start_over", telemetry),
-            rejected_path=_optional_path("telemetry.rejected_path", telemetry),
-            max_field_size=_size("telemetry.max_field_size", telemetry),
-            dcgm_sentinels=cast(SentinelMode, _choice("telemetry.dcgm_sentinels", telemetry, SENTINEL_MODES)),
-            read_ahead=_integer("telemetry.read_ahead", telemetry, minimum=0, maximum=MAX_READ_AHEAD),
-        ),
-        message_queue=MessageQueueSettings(
-            address=_host_port("message_queue.address", message_queue, min_port=1),
-            topic=_topic("message_queue.topic", message_queue),
-            publish_timeout=_duration("message_queue.publish_timeout", message_queue, positive=True),
-            producer_id=_string("message_queue.producer_id", message_queue),
-            max_retry_time=_duration("message_queue.max_retry_time", message_queue, positive=False),
-            publish_in_background=_boolean("message_queue.publish_in_background", message_queue),
-            retry=RetrySettings(
-                initial_backoff=initial_backoff,
-                max_backoff=max_backoff,
-                multiplier=_multiplier("message_queue.retry.multiplier", retry),
-                max_attempts=_integer("message_queue.retry.max_attempts", retry, minimum=0),
-            ),
-        ),
-        shutdown=ShutdownSettings(timeout=_duration("shutdown.timeout", tables["shutdown"], positive=True)),
-        logging=LoggingSettings(
-            format=cast(LogFormat, _choice("logging.format", logging, LOG_FORMATS)),
-            level=_choice("logging.level", logging, LOG_LEVELS),
-            progress_interval=_duration("logging.progress_interval", logging, positive=True),
-            rejected_rows_in_full=_integer("logging.rejected_rows_in_full", logging, minimum=0),
-        ),
-        broker=BrokerSettings(
-            listen=_host_port("broker.listen", broker, min_port=0),
-            max_messages=_integer("broker.max_messages", broker, minimum=1),
-            max_bytes=_size("broker.max_bytes", broker),
-            retention=_duration("broker.retention", broker, positive=False),
-            max_subscribers=_integer("broker.max_subscribers", broker, minimum=1),
-            max_topics=_integer("broker.max_topics", broker, minimum=1),
-            max_total_bytes=_size("broker.max_total_bytes", broker),
-            data_dir=_optional_path("broker.data_dir", broker),
-            fsync=cast(FsyncPolicy, _choice("broker.fsync", broker, FSYNC_POLICIES)),
-            fsync_interval=_duration("broker.fsync_interval", broker, positive=True),
-        ),
-    )
-
-
-def _table(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:
-    node: object = data
-    for part in name.split("."):
-        node = node.get(part, _MISSING) if isinstance(node, Mapping) else _MISSING
-    if node is _MISSING:
-        raise _missing(name)
-    if not isinstance(node, Mapping):
-        keys = ", ".join(_SCHEMA[name])
-        raise ConfigError(name, node, f"must be a table with the keys {keys}")
-    return node
-
-
-def _reject_unknown_keys(name: str, table: Mapping[str, Any]) -> None:
-    for key, value in table.items():
-        if key not in _SCHEMA[name]:
-            raise _unknown_setting(f"{name}.{key}", value, [*name.split("."), key])
-
-
-def _unknown_setting(setting: str, value: object, parts: list[str]) -> ConfigError:
-    """Name what the table accepts, and the likely intended key: most unknown keys are typos."""
-    for depth in range(len(parts) - 1, 0, -1):
-        table = ".".join(parts[:depth])
-        if table in _SCHEMA:
-            known = list(_SCHEMA[table])
-            if parts[depth] in known:
-                return ConfigError(setting, value, f"unknown setting; {table}.{parts[depth]} has no sub-settings")
-            hint = difflib.get_close_matches(parts[depth], known, n=1)
-            did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
-            return ConfigError(setting, value, f"unknown setting{did_you_mean}; {table} accepts: {', '.join(known)}")
-    return ConfigError(setting, value, f"unknown setting; the sections are: {', '.join(_SECTIONS)}")
-
-
-def _missing(setting: str) -> ConfigError:
-    """A key absent after merging means the packaged defaults were not read as intended."""
-    meddling = sorted(name for name in os.environ if name.endswith("_FOR_DYNACONF"))
-    hint = (
-        f"; dynaconf's own environment variables change how files are read, unset {', '.join(meddling)}"
-        if meddling
-        else "; the packaged settings.toml should define it"
-    )
-    return ConfigError(setting, None, f"missing{hint}")
-
-
-def _get(setting: str, table: Mapping[str, Any]) -> object:
-    value = table.get(setting.rsplit(".", 1)[1], _MISSING)
-    if value is _MISSING:
-        raise _missing(setting)
-    return value
-
-
-def _string(setting: str, table: Mapping[str, Any]) -> str:
-    value = _get(setting, table)
-    if not isinstance(value, str):
-        raise ConfigError(setting, value, "must be a string")
-    return value
-
-
-def _path(setting: str, table: Mapping[str, Any]) -> Path:
-    value = _get(setting, table)
-    if isinstance(value, Path):
-        value = str(value)
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(setting, value, "must be a file path")
-    return Path(value).expanduser()
-
-
-def _optional_path(setting: str, table: Mapping[str, Any]) -> Path | None:
-    """An empty string switches the feature off; anything else must be a path."""
-    value = _get(setting, table)
-    if isinstance(value, str) and not value.strip():
-        return None
-    return _path(setting, table)
-
-
-def _integer(setting: str, table: Mapping[str, Any], *, minimum: int, maximum: int | None = None) -> int:
-    value = _get(setting, table)
-    if not isinstance(value, int) or isinstance(value, bool):
-        upper = f" and <= {maximum}" if maximum is not None else ""
-        raise ConfigError(setting, value, f"must be an integer >= {minimum}{upper}")
-    if value < minimum:
-        raise ConfigError(setting, value, f"must be an integer >= {minimum}")
-    if maximum is not None and value > maximum:
-        raise ConfigError(setting, value, f"must be an integer <= {maximum}")
-    return value
-
-
-def _boolean(setting: str, table: Mapping[str, Any]) -> bool:
-    value = _get(setting, table)
-    if not isinstance(value, bool):
-        raise ConfigError(setting, value, "must be true or false")
-    return value
-
-
-def _multiplier(setting: str, table: Mapping[str, Any]) -> float:
-    value = _get(setting, table)
-    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value < 1:
-        raise ConfigError(setting, value, "must be a number >= 1")
-    return float(value)
-
-
-def _duration(setting: str, table: Mapping[str, Any], *, positive: bool) -> float:
-    value = _get(setting, table)
-    try:
-        seconds = parse_duration(value)
-    except ValueError as exc:
-        raise ConfigError(setting, value, str(exc)) from None
-    if positive and seconds == 0:
-        raise ConfigError(setting, value, f"must be greater than zero; expected {DURATION_HELP}")
-    return seconds
-
-
-def _size(setting: str, table: Mapping[str, Any]) -> int:
-    value = _get(setting, table)
-    try:
-        size = parse_size(value)
-    except ValueError as exc:
-        raise ConfigError(setting, value, str(exc)) from None
-    if size < 1:
-        raise ConfigError(setting, value, "must be at least 1 byte")
-    return size
-
-
-def _choice(setting: str, table: Mapping[str, Any], choices: tuple[str, ...]) -> str:
-    value = _get(setting, table)
-    if not isinstance(value, str) or value.strip().lower() not in choices:
-        raise ConfigError(setting, value, f"must be one of: {', '.join(choices)}")
-    return value.strip().lower()
-
-
-def _topic(setting: str, table: Mapping[str, Any]) -> str:
-    value = _get(setting, table)
-    if not isinstance(value, str) or not _TOPIC_RE.fullmatch(value):
-        raise ConfigError(setting, value, "must be 1 to 255 characters from A-Z, a-z, 0-9, '.', '_' and '-'")
-    return value
-
-
-def _transforms(setting: str, table: Mapping[str, Any]) -> tuple[str, ...]:
-    value = _get(setting, table)
-    if not isinstance(value, list | tuple):
-        raise ConfigError(setting, value, _TRANSFORM_HELP)
-    for item in value:
-        if not isinstance(item, str) or not _is_transform_ref(item):
-            raise ConfigError(setting, value, f"{_TRANSFORM_HELP}; {item!r} is not of that form")
-    return tuple(value)
-
-
-def _is_transform_ref(text: str) -> bool:
-    match = _TRANSFORM_RE.fullmatch(text)
-    return match is not None and all(
-        part.isidentifier() for part in (*match["module"].split("."), *match["attr"].split("."))
-    )
-
-
-def _host_port(setting: str, table: Mapping[str, Any], *, min_port: int) -> str:
-    value = _get(setting, table)
-    allowed = (
-        f'must be host:port with a port from {min_port} to 65535, e.g. "localhost:50051", '
-        f'"10.0.0.5:50051" or "[::1]:50051"'
-    )
-    if not isinstance(value, str):
-        raise ConfigError(setting, value, allowed)
-    host, port = _split_host_port(value)
-    if host is None or port is None or not min_port <= port <= 65535:
-        raise ConfigError(setting, value, allowed)
-    return value
-
-
-def _split_host_port(text: str) -> tuple[str | None, int | None]:
-    if text.startswith("["):
-        bracket = re.fullmatch(r"\[(?P<host>[^\]]+)\]:(?P<port>\d{1,5})", text)
-        if bracket is None or not _is_ip(bracket["host"], ipaddress.IPv6Address):
-            return None, None
-        return bracket["host"], int(bracket["port"])
-    host, separator, port = text.rpartition(":")
-    if not separator or not port.isascii() or not port.isdigit() or len(port) > 5:
-        return None, None
-    if re.fullmatch(r"[\d.]+", host):
-        valid = _is_ip(host, ipaddress.IPv4Address)
-    else:
-        valid = len(host) <= 253 and _HOSTNAME_RE.fullmatch(host) is not None
-    return (host, int(port)) if valid else (None, None)
-
-
-def _is_ip(text: str, kind: type[ipaddress.IPv4Address] | type[ipaddress.IPv6Address]) -> bool:
-    try:
-        kind(text)
-    except ValueError:
-        return False
-    return True
-
-
-# --- presentation ---------------------------------------------------------------------------------------
-
-
-def _flatten(prefix: str, section: DataclassInstance) -> Iterator[tuple[str, object]]:
-    kinds = _SCHEMA[prefix]
-    for field in dataclasses.fields(section):
-        value = getattr(section, field.name)
-        dotted = f"{prefix}.{field.name}"
-        kind = kinds[field.name]
-        if kind == "table":
-            yield from _flatten(dotted, value)
-        elif kind == "duration":
-            yield dotted, format_duration(value)
-        elif kind in ("path", "optional_path"):
-            yield dotted, "" if value is None else str(value)
-        elif kind == "list":
-            yield dotted, list(value)
-        else:
-            yield dotted, value
-
-
-def _show(value: object) -> str:
-    if isinstance(value, Path):
-        return repr(str(value))
-    return repr(value)
+            arguments[field.name] = DECLARATIONS[name].kind.convert(values[name])
+        except ValueError as exc:
+            raise ConfigError(name, values[name], str(exc)) from None
+    return cls(**arguments)

@@ -14,21 +14,23 @@ import logging
 import sys
 from collections.abc import MutableMapping
 from pathlib import PurePath
-from typing import Any, Final, TextIO
+from typing import Any, Final, Literal, TextIO, get_args
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 __all__ = ["configure_logging"]
 
-# The same choices as rxstreamer.config accepts; repeated so that logging needs no settings machinery.
-_FORMATS: Final = ("json", "console", "auto")
+# Declared here, where they take effect; logging.format and logging.level accept exactly these.
+LogFormat = Literal["json", "console", "auto"]
+_FORMATS: Final = get_args(LogFormat)
 _LEVELS: Final[dict[str, int]] = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
+LOG_LEVELS: Final = tuple(_LEVELS)
 _LEADING_KEYS: Final = ("timestamp", "level", "event")
 
 

@@ -27,11 +27,11 @@ from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from operator import itemgetter
 from types import MappingProxyType
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 from rxstreamer.model import MetricRow, Rejection
 
-# Stable rejection codes found in a record's text, before it is split into fields (see rxstreamer.source).
+# Stable rejection codes found in a record's text, before it is split into fields (see rxstreamer.sources.dcgm_csv).
 FIELD_TOO_LARGE: Final = "field_too_large"  # a line or record longer than max_field_size
 NUL_BYTE: Final = "nul_byte"
 NOT_UTF8: Final = "not_utf8"
@@ -63,7 +63,7 @@ RECORD_REASONS: Final = (
 REJECTION_REASONS: Final = (*TEXT_REASONS, *RECORD_REASONS)
 
 SentinelMode = Literal["reject", "flag"]
-SENTINEL_MODES: Final = ("reject", "flag")
+SENTINEL_MODES: Final[tuple[SentinelMode, ...]] = get_args(SentinelMode)
 SENTINEL_LABEL: Final = "dcgm_sentinel"
 
 # DCGM's special values, as dcgm_structs.h (and nvcmvalue.h) define them: a BLANK base per type, and

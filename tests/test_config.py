@@ -234,11 +234,30 @@ def test_keys_in_files_are_case_insensitive(tmp_path: Path) -> None:
     assert load_settings(path, environ={}).telemetry.batch_size == 12
 
 
-def test_unknown_top_level_keys_are_ignored(tmp_path: Path) -> None:
-    """Tables rxstreamer does not know (other tools' settings) are not an error."""
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [
+        ("[telemetri]\nbatch_size = 3\n", " (did you mean 'telemetry'?)"),
+        ("[brokers]\nlisten = '127.0.0.1:0'\n", " (did you mean 'broker'?)"),
+        ("[other_tool]\nanything = 1\n", ""),
+    ],
+)
+def test_unknown_top_level_tables_are_refused(tmp_path: Path, text: str, hint: str) -> None:
+    """A table that is no section, a mistyped one above all, fails instead of being silently ignored."""
     path = tmp_path / "extra.toml"
-    path.write_text("[other_tool]\nanything = 1\n\n[telemetry]\nbatch_size = 3\n", encoding="utf-8")
-    assert load_settings(path, environ={}).telemetry.batch_size == 3
+    path.write_text(text, encoding="utf-8")
+    error = _error(config_file=path)
+    assert error.setting == text[1:].split("]", maxsplit=1)[0]
+    assert (
+        error.allowed == f"unknown setting{hint}; the sections are: telemetry, message_queue, shutdown, logging, broker"
+    )
+
+
+def test_environment_unknown_section_with_nesting_is_refused() -> None:
+    """RXSTREAMER_TELEMETRI__BATCH_SIZE is meant as a setting, so a typo in its section is an error."""
+    error = _error(environ={"RXSTREAMER_TELEMETRI__BATCH_SIZE": "5"})
+    assert error.setting == "RXSTREAMER_TELEMETRI__BATCH_SIZE"
+    assert error.allowed.startswith("unknown setting (did you mean 'telemetry'?); the sections are: telemetry, ")
 
 
 def test_empty_config_file_keeps_defaults(tmp_path: Path) -> None:
@@ -729,3 +748,87 @@ def test_invalid_broker_caps_are_rejected(setting: str, value: object, allowed: 
     """A cap that cannot work stops the start, naming the setting."""
     error = _error(overrides={setting: value})
     assert (error.setting, allowed in error.allowed) == (setting, True)
+
+
+# --- message_queue.address schemes and telemetry.format ----------------------------------------------------
+
+
+@pytest.mark.parametrize("address", ["grpc://localhost:50051", "grpc://[::1]:50051", "grpc://10.0.0.5:1"])
+def test_address_accepts_the_grpc_scheme_and_keeps_it(address: str) -> None:
+    """grpc://host:port is accepted and kept as written, for the sink to choose by."""
+    settings = load_settings(overrides={"message_queue.address": address}, environ={})
+    assert settings.message_queue.address == address
+
+
+@pytest.mark.parametrize(
+    ("address", "allowed"),
+    [
+        ("kafka://localhost:9092", "unknown scheme 'kafka'; the schemes are: grpc"),
+        ("GRPC://localhost:50051", "unknown scheme 'GRPC'; the schemes are: grpc"),
+        ("://localhost:50051", "unknown scheme ''; the schemes are: grpc"),
+        (
+            "grpc://localhost",
+            'must be host:port with a port from 1 to 65535, e.g. "localhost:50051", "10.0.0.5:50051" or '
+            '"[::1]:50051", or grpc://host:port',
+        ),
+        ("grpc://localhost:0", "must be host:port with a port from 1 to 65535"),
+    ],
+)
+def test_address_with_an_unknown_scheme_or_bad_host_port(address: str, allowed: str) -> None:
+    """Unknown schemes name the known ones; after grpc:// the host:port rules still apply."""
+    error = _error(overrides={"message_queue.address": address})
+    assert (error.setting, error.value) == ("message_queue.address", address)
+    assert error.allowed.startswith(allowed)
+
+
+def test_broker_listen_takes_no_scheme() -> None:
+    """The broker binds a host:port; a scheme there is refused like any malformed address."""
+    error = _error(overrides={"broker.listen": "grpc://127.0.0.1:0"})
+    assert str(error) == (
+        "broker.listen = 'grpc://127.0.0.1:0': must be host:port with a port from 0 to 65535, "
+        'e.g. "localhost:50051", "10.0.0.5:50051" or "[::1]:50051"'
+    )
+
+
+def test_address_scheme_from_the_environment() -> None:
+    """RXSTREAMER_MESSAGE_QUEUE__ADDRESS may carry the scheme too."""
+    settings = load_settings(environ={"RXSTREAMER_MESSAGE_QUEUE__ADDRESS": "grpc://mq.internal:6000"})
+    assert settings.message_queue.address == "grpc://mq.internal:6000"
+
+
+def test_telemetry_format_defaults_to_auto() -> None:
+    """Without a setting the format is chosen by the file's extension."""
+    assert load_settings(environ={}).telemetry.format == "auto"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "environ"),
+    [
+        ({"telemetry.format": "csv"}, {}),
+        ({"telemetry.format": " CSV "}, {}),
+        ({}, {"RXSTREAMER_TELEMETRY__FORMAT": "csv"}),
+    ],
+)
+def test_telemetry_format_csv(overrides: dict[str, object], environ: dict[str, str]) -> None:
+    """csv is accepted from a flag or the environment, in any case, and stored lower-case."""
+    assert load_settings(overrides=overrides, environ=environ).telemetry.format == "csv"
+
+
+def test_telemetry_format_from_a_file(tmp_path: Path) -> None:
+    """telemetry.format is an ordinary key of the [telemetry] table."""
+    path = tmp_path / "format.yaml"
+    path.write_text("telemetry:\n  format: csv\n", encoding="utf-8")
+    assert load_settings(path, environ={}).telemetry.format == "csv"
+
+
+def test_unknown_telemetry_format_names_the_formats() -> None:
+    """An unknown format fails with the formats there are."""
+    error = _error(overrides={"telemetry.format": "parquet"})
+    assert str(error) == "telemetry.format = 'parquet': must be one of: auto, csv"
+
+
+def test_summary_lists_the_new_settings_as_given() -> None:
+    """The started line reports the format and a scheme-carrying address as they were set."""
+    overrides = {"telemetry.format": "csv", "message_queue.address": "grpc://q:1"}
+    summary = settings_summary(load_settings(overrides=overrides, environ={}))
+    assert (summary["telemetry.format"], summary["message_queue.address"]) == ("csv", "grpc://q:1")

@@ -49,20 +49,20 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import TypeVar, get_args
 
 import structlog
 
 from rxstreamer.broker.dirlock import DirectoryLock
 from rxstreamer.broker.errors import DataDirError, StorageFailed
 from rxstreamer.broker.store import Record, Recovery, ReleasedId
+from rxstreamer.config import FsyncPolicy  # declared with broker.fsync: config cannot import the broker
 
 log = structlog.get_logger()
 
 _T = TypeVar("_T")
 
-FsyncPolicy = Literal["always", "interval", "never"]
-FSYNC_POLICIES: tuple[FsyncPolicy, ...] = ("always", "interval", "never")
+FSYNC_POLICIES: tuple[FsyncPolicy, ...] = get_args(FsyncPolicy)
 DATABASE_FILE = "broker.sqlite3"
 
 _SYNCHRONOUS: dict[FsyncPolicy, str] = {"always": "FULL", "interval": "NORMAL", "never": "OFF"}
