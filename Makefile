@@ -23,7 +23,7 @@ help: ## List the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,broker]'
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv with rxstreamer and its development tools

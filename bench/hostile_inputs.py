@@ -45,7 +45,7 @@ MB = 1024 * 1024
 # exit status 0 / 1 from the report, 2 with a one-line message for a file-level problem.
 FALLBACK = """
 import sys
-from rxstreamer.source import SourceError
+from rxstreamer.sources import SourceError
 from rxstreamer.validate import render_json, validate_file
 try:
     report = validate_file(sys.argv[1])

@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol, cast, runtime_checkable
+from typing import Any, NamedTuple, cast
 
 from reactivex import Observable, abc
 from reactivex import operators as ops
 
+from rxstreamer.counts import PipelineCounters
 from rxstreamer.encoding import BatchEncoder
 from rxstreamer.model import EncodedBatch, MetricRow, Position, PublishAck, ReadCounts
 from rxstreamer.operators import Operator, pace, pull_through, retrying
-from rxstreamer.publisher import Publisher
 from rxstreamer.retry import RetryPolicy
-from rxstreamer.source import SourceStats
+from rxstreamer.sinks import Publisher
+from rxstreamer.sources.base import Counted, Positioned
 
 RetryListener = Callable[[EncodedBatch, int, float, BaseException], None]
 
@@ -35,30 +35,6 @@ class Batch(NamedTuple):
 
 class EncodingError(Exception):
     """A batch that cannot be encoded: a transform emitted something other than rows, or a sequence overflowed."""
-
-
-@dataclass
-class PipelineCounters:
-    """What the pipeline pulled, for the accounting that ties rows read to rows published."""
-
-    batches_pulled: int = 0
-    rows_batched: int = 0  # rows that reached a batch: read, parsed, and kept by the transforms
-
-
-@runtime_checkable
-class Positioned(Protocol):
-    """A source that can say where it is, so that acknowledged batches can be checkpointed."""
-
-    @property
-    def position(self) -> Position: ...
-
-
-@runtime_checkable
-class Counted(Protocol):
-    """A source that counts what it read and rejected, so that a checkpoint can carry the totals."""
-
-    @property
-    def stats(self) -> SourceStats: ...
 
 
 def build_pipeline(

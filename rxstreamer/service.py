@@ -30,15 +30,15 @@ from rxstreamer.checkpoint import (
     read_checkpoint,
 )
 from rxstreamer.config import ConfigError, Settings, require_readable_file, settings_summary
+from rxstreamer.counts import Counts, PipelineCounters, RunCounts
 from rxstreamer.encoding import BatchEncoder
-from rxstreamer.grpc_publisher import GrpcPublisher
 from rxstreamer.model import EncodedBatch, PublishAck, Rejection
 from rxstreamer.operators import Operator
-from rxstreamer.pipeline import PipelineCounters, build_pipeline, load_transforms
-from rxstreamer.publisher import PublishStats
+from rxstreamer.pipeline import build_pipeline, load_transforms
 from rxstreamer.quarantine import Quarantine, RejectionReporter
 from rxstreamer.retry import PublishError, RetryPolicy
-from rxstreamer.source import CsvRows
+from rxstreamer.sinks import Sink, SinkAddressError, SinkOptions, open_sink, split_address
+from rxstreamer.sources import Source, format_of, open_source
 
 log = structlog.get_logger()
 
@@ -216,7 +216,7 @@ def _log_retry(batch: EncodedBatch, attempt: int, wait: float, error: BaseExcept
 class _Plan:
     """Everything decided before the stream starts: what to read, from where, under which identity."""
 
-    rows: CsvRows
+    rows: Source
     encoder: BatchEncoder
     transforms: list[Operator]
     checkpointer: Checkpointer | None
@@ -231,6 +231,7 @@ def _plan(settings: Settings, transforms: Sequence[Operator]) -> _Plan:
     """
     telemetry, queue = settings.telemetry, settings.message_queue
     require_readable_file("telemetry.metrics_path", telemetry.metrics_path)
+    source_format = format_of(telemetry.metrics_path, telemetry.format)  # before the checkpoint is touched
     try:
         input_file = InputFile(telemetry.metrics_path)
         file = input_file.identity()
@@ -246,8 +247,9 @@ def _plan(settings: Settings, transforms: Sequence[Operator]) -> _Plan:
         in_full=settings.logging.rejected_rows_in_full, interval=settings.logging.progress_interval
     )
     quarantine = _open_quarantine(telemetry.rejected_path)
-    rows = CsvRows(
+    rows = open_source(
         telemetry.metrics_path,
+        source_format,
         loop=telemetry.loop,
         on_reject=_fan_out(reporter, quarantine),
         start=resume.start,
@@ -349,6 +351,10 @@ def run_streamer(
     settings, the file, a transform or the checkpoint is unusable; every later failure ends up in the summary.
     """
     telemetry, queue = settings.telemetry, settings.message_queue
+    try:
+        split_address(queue.address)  # an address no sink serves is a bad setting, refused before anything starts
+    except SinkAddressError as error:
+        raise ConfigError("message_queue.address", queue.address, str(error)) from error
     plan = _plan(settings, transforms)
     log.info("streamer.started", producer_id=plan.encoder.producer_id, **settings_summary(settings))
 
@@ -357,13 +363,15 @@ def run_streamer(
     outcome = _Outcome(wake)
     pipeline_thread = _PipelineThread(outcome.on_error)
     scheduler = EventLoopScheduler(thread_factory=pipeline_thread)
-    publisher = GrpcPublisher(
+    sink = open_sink(
         queue.address,
         queue.topic,
-        timeout=queue.publish_timeout,
-        scheduler=scheduler,
-        on_connectivity=_ConnectionWatch(queue.address),
-        background=queue.publish_in_background,
+        SinkOptions(
+            timeout=queue.publish_timeout,
+            scheduler=scheduler,
+            on_connectivity=_ConnectionWatch(queue.address),
+            background=queue.publish_in_background,
+        ),
     )
     retry = RetryPolicy(
         initial_backoff=queue.retry.initial_backoff,
@@ -375,7 +383,7 @@ def run_streamer(
     counters = PipelineCounters()
     pipeline = build_pipeline(
         plan.rows,
-        publisher,
+        sink,
         plan.encoder,
         batch_size=telemetry.batch_size,
         interval=telemetry.stream_interval,
@@ -387,10 +395,11 @@ def run_streamer(
         on_ack=_each(_OffsetWatch(queue.address), plan.checkpointer),
         counters=counters,
     )
+    counts = RunCounts(plan.rows, counters, sink)
     subscription = pipeline.subscribe(outcome.on_next, outcome.on_error, outcome.on_completed)
 
     while not wake.wait(settings.logging.progress_interval):
-        _log_progress(plan, publisher.stats)
+        _log_progress(plan, counts.now())
 
     reason: StopReason
     if outcome.finished:
@@ -401,55 +410,39 @@ def run_streamer(
             "streamer.stopping",
             signal=stop_signal() if stop_signal is not None else None,
             timeout_s=settings.shutdown.timeout,
-            in_flight=publisher.in_flight,
+            in_flight=sink.in_flight,
         )
-    _shut_down(subscription.dispose, publisher, scheduler, settings.shutdown.timeout, pipeline_thread)
+    _shut_down(subscription.dispose, sink, scheduler, settings.shutdown.timeout, pipeline_thread)
     plan.reporter.flush()
     if plan.quarantine is not None:
         plan.quarantine.close()
-    summary = _summary(
-        reason,
-        plan=plan,
-        published=publisher.stats,
-        counters=counters,
-        duration=time.monotonic() - started,
-        error=outcome.error,
-    )
+    summary = _summary(reason, counts.now(), time.monotonic() - started, outcome.error)
     _log_summary(summary, plan)
     return summary
 
 
-def _log_progress(plan: _Plan, published: PublishStats) -> None:
+def _log_progress(plan: _Plan, counts: Counts) -> None:
     plan.reporter.flush()
     log.info(
         "streamer.progress",
-        rows_read=plan.rows.stats.rows_read,
-        rows_rejected=plan.rows.stats.rows_rejected,
-        batches_published=published.batches,
-        rows_published=published.rows,
+        rows_read=counts.rows_read,
+        rows_rejected=counts.rows_rejected,
+        batches_published=counts.batches_published,
+        rows_published=counts.rows_published,
     )
 
 
-def _summary(
-    reason: StopReason,
-    *,
-    plan: _Plan,
-    published: PublishStats,
-    counters: PipelineCounters,
-    duration: float,
-    error: BaseException | None,
-) -> RunSummary:
-    source = plan.rows.stats
+def _summary(reason: StopReason, counts: Counts, duration: float, error: BaseException | None) -> RunSummary:
     return RunSummary(
         reason=reason,
-        rows_read=source.rows_read,
-        rows_rejected=source.rows_rejected,
-        rows_filtered=source.rows_read - source.rows_rejected - counters.rows_batched,
-        rows_in_flight=counters.rows_batched - published.rows,
-        batches_published=published.batches,
-        rows_published=published.rows,
-        duplicates=published.duplicates,
-        rejected_by_reason=dict(source.rejected_by_reason),
+        rows_read=counts.rows_read,
+        rows_rejected=counts.rows_rejected,
+        rows_filtered=counts.rows_filtered,
+        rows_in_flight=counts.rows_in_flight,
+        batches_published=counts.batches_published,
+        rows_published=counts.rows_published,
+        duplicates=counts.duplicates,
+        rejected_by_reason=counts.rejected_by_reason,
         duration_s=round(duration, 3),
         error=describe_error(error) if error is not None else None,
     )
@@ -477,12 +470,12 @@ def _log_summary(summary: RunSummary, plan: _Plan) -> None:
 
 def _shut_down(
     dispose: Callable[[], None],
-    publisher: GrpcPublisher,
+    sink: Sink,
     scheduler: EventLoopScheduler,
     timeout: float,
     pipeline_thread: _PipelineThread,
 ) -> None:
-    """Dispose on the pipeline thread, let the publish in flight end, close the channel, stop the thread."""
+    """Dispose on the pipeline thread, let the publish in flight end, close the sink, stop the thread."""
     deadline = time.monotonic() + timeout
     disposed = threading.Event()
 
@@ -496,7 +489,7 @@ def _shut_down(
         dispose_on_pipeline_thread()
     if not disposed.wait(max(deadline - time.monotonic(), 0)):
         log.warning("streamer.dispose_timeout", timeout_s=timeout)
-    if not publisher.wait_idle(max(deadline - time.monotonic(), 0)):
-        log.warning("streamer.publish_cut", in_flight=publisher.in_flight, timeout_s=timeout)
-    publisher.close()
+    if not sink.wait_idle(max(deadline - time.monotonic(), 0)):
+        log.warning("streamer.publish_cut", in_flight=sink.in_flight, timeout_s=timeout)
+    sink.close()
     scheduler.dispose()

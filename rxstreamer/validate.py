@@ -2,8 +2,8 @@
 
 The point is to find out before streaming (or after a run that rejected rows) exactly what is wrong with a
 file: how many rows would be published, how many rejected and why, with line numbers to look at, and
-what the good rows cover. It reads through ``CsvRows`` with the same limits as the streamer, so the two
-can never disagree about a row.
+what the good rows cover. It opens the file through ``open_source``, choosing the format and applying the
+limits the way the streamer does, so the two can never disagree about a row.
 
 Exit codes, for scripts and CI: 0 when every row is good, 1 when any row was rejected; a file that cannot
 be read at all raises ``SourceError`` (the command line maps it to 2).
@@ -19,7 +19,7 @@ from typing import Any
 
 from rxstreamer.model import Rejection
 from rxstreamer.parsing import SENTINEL_LABEL, SentinelMode
-from rxstreamer.source import DEFAULT_MAX_FIELD_SIZE, CsvRows
+from rxstreamer.sources import AUTO, DEFAULT_MAX_FIELD_SIZE, open_source
 
 __all__ = ["Example", "ValidationReport", "render_json", "render_text", "validate_file"]
 
@@ -81,8 +81,11 @@ def validate_file(
     max_field_size: int = DEFAULT_MAX_FIELD_SIZE,
     sentinels: SentinelMode = "reject",
     examples: int = 5,
+    format: str = AUTO,
 ) -> ValidationReport:
     """Read the whole file once and report on it; raises ``SourceError`` when it cannot be read at all.
+
+    ``format`` is ``telemetry.format``: ``auto`` chooses by the file's extension, as the streamer does.
 
     Memory grows with the distinct GPUs, hosts and metrics of the good rows (a cluster, not the file) and
     with ``examples`` per reason, never with the number of rows.
@@ -90,7 +93,7 @@ def validate_file(
     if examples < 0:
         raise ValueError(f"examples must not be negative, got {examples}")
     kept = _Examples(examples)
-    source = CsvRows(path, on_reject=kept, max_field_size=max_field_size, sentinels=sentinels)
+    source = open_source(path, format, on_reject=kept, max_field_size=max_field_size, sentinels=sentinels)
     source.check()
     uuids: set[str] = set()
     hosts: set[str] = set()

@@ -9,9 +9,9 @@ from reactivex.testing import TestScheduler
 from rxstreamer.checkpoint import Checkpointer, InputFile, read_checkpoint
 from rxstreamer.encoding import BatchEncoder
 from rxstreamer.pipeline import build_pipeline
-from rxstreamer.publisher import InMemoryPublisher
 from rxstreamer.retry import RetryPolicy
-from rxstreamer.source import CsvRows
+from rxstreamer.sinks import InMemorySink
+from rxstreamer.sources import CsvRows
 from tests.conftest import TEST_DATA_CSV
 
 
@@ -19,7 +19,7 @@ def test_the_checkpoint_never_names_a_batch_the_queue_has_not_acknowledged(tmp_p
     """Publishes taking 0.5 s at a 1 s pace: sampled every 0.25 s, the file names only acknowledged sequences."""
     scheduler = TestScheduler()
     rows = CsvRows(TEST_DATA_CSV)
-    publisher = InMemoryPublisher(latency=0.5, scheduler=scheduler)
+    publisher = InMemorySink(latency=0.5, scheduler=scheduler)
     path = tmp_path / "stream.checkpoint"
     checkpointer = Checkpointer(path, producer_id="p", batch_size=100, file=InputFile(TEST_DATA_CSV))
     pipeline = build_pipeline(

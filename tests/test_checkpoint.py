@@ -25,7 +25,7 @@ from rxstreamer.checkpoint import (
 )
 from rxstreamer.model import Position, PublishAck, ReadCounts
 from rxstreamer.service import derive_producer_id
-from rxstreamer.source import CsvRows
+from rxstreamer.sources import CsvRows
 from tests.conftest import TEST_DATA_CSV
 
 HEADER = b"timestamp,metric_name,uuid,value\n"

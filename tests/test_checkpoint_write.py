@@ -23,9 +23,9 @@ from rxstreamer.checkpoint import (
 from rxstreamer.encoding import BatchEncoder
 from rxstreamer.model import Position, PublishAck
 from rxstreamer.pipeline import build_pipeline
-from rxstreamer.publisher import InMemoryPublisher
 from rxstreamer.retry import RetryPolicy
-from rxstreamer.source import CsvRows
+from rxstreamer.sinks import InMemorySink
+from rxstreamer.sources import CsvRows
 from tests.conftest import TEST_DATA_CSV
 
 STEPS = ["create", "write", "fsync_file", "close_file", "replace", "open_directory", "fsync_directory"]
@@ -148,7 +148,7 @@ def test_a_failed_checkpoint_write_ends_the_stream_with_that_error(tmp_path: Pat
         path, producer_id="p", batch_size=100, file=InputFile(TEST_DATA_CSV),
         files=RecordingFiles(fail_at="replace", error=errno.ENOSPC),
     )  # fmt: skip
-    publisher = InMemoryPublisher()
+    publisher = InMemorySink()
     pipeline = build_pipeline(
         rows, publisher, BatchEncoder("p"), batch_size=100, interval=0, retry=RetryPolicy(), on_ack=record
     )

@@ -24,7 +24,7 @@ from rxstreamer.encoding import (
 )
 from rxstreamer.model import MetricRow
 from rxstreamer.proto.telemetry_pb2 import GpuMetric, MetricBatch
-from rxstreamer.source import CsvRows
+from rxstreamer.sources import CsvRows
 from tests.conftest import TEST_DATA_CSV
 
 SCRAPE = datetime(2025, 7, 18, 20, 42, 34, tzinfo=UTC)

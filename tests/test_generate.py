@@ -17,7 +17,7 @@ import pytest
 from rxstreamer.generate import generate_file, generate_records
 from rxstreamer.model import MetricRow, Rejection
 from rxstreamer.parsing import RowParser
-from rxstreamer.source import CsvRows
+from rxstreamer.sources import CsvRows
 
 # The export's header line, byte for byte: a column list, not data.
 EXPORT_HEADER = (

@@ -1,4 +1,4 @@
-"""GrpcPublisher against the real broker served in-process on 127.0.0.1: acks, errors, threads, accounting."""
+"""GrpcSink against the real broker served in-process on 127.0.0.1: acks, errors, threads, accounting."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 from reactivex.scheduler import EventLoopScheduler, ImmediateScheduler
 
 from rxstreamer.broker import BrokerOptions, RunningBroker, start_broker
-from rxstreamer.grpc_publisher import GrpcPublisher
 from rxstreamer.model import EncodedBatch, Position, PublishAck
-from rxstreamer.publisher import PublishStats
 from rxstreamer.retry import PublishError
+from rxstreamer.sinks import PublishStats, SinkOptions
+from rxstreamer.sinks.grpc import GrpcSink
 from tests.processes import free_port
 
 pytestmark = pytest.mark.integration
@@ -28,8 +28,8 @@ def broker() -> Iterator[RunningBroker]:
 
 
 @pytest.fixture
-def publisher(broker: RunningBroker) -> Iterator[GrpcPublisher]:
-    opened = GrpcPublisher(broker.address, TOPIC, timeout=5.0, scheduler=ImmediateScheduler.singleton())
+def publisher(broker: RunningBroker) -> Iterator[GrpcSink]:
+    opened = GrpcSink(broker.address, TOPIC, SinkOptions(timeout=5.0, scheduler=ImmediateScheduler.singleton()))
     yield opened
     opened.close()
 
@@ -38,7 +38,7 @@ def batch(sequence: int, rows: int = 3, position: Position | None = None, produc
     return EncodedBatch(producer_id, sequence, f"payload {sequence}".encode(), "text/plain", rows, position)
 
 
-def answer(publisher: GrpcPublisher, item: EncodedBatch) -> PublishAck | BaseException:
+def answer(publisher: GrpcSink, item: EncodedBatch) -> PublishAck | BaseException:
     """The one answer of a synchronous publish: the ack, or the error it ended with."""
     answers: list[PublishAck | BaseException] = []
     completed: list[bool] = []
@@ -48,7 +48,7 @@ def answer(publisher: GrpcPublisher, item: EncodedBatch) -> PublishAck | BaseExc
     return answers[0]
 
 
-def test_an_ack_carries_the_batch_identity_the_stored_offset_rows_and_position(publisher: GrpcPublisher) -> None:
+def test_an_ack_carries_the_batch_identity_the_stored_offset_rows_and_position(publisher: GrpcSink) -> None:
     """Two batches stored at offsets 0 and 1; each ack repeats the sequence, row count and input position."""
     first = answer(publisher, batch(7, rows=3, position=Position(offset=120, line=4)))
     second = answer(publisher, batch(8, rows=5, position=Position(offset=300, line=9, pass_number=1)))
@@ -57,7 +57,7 @@ def test_an_ack_carries_the_batch_identity_the_stored_offset_rows_and_position(p
 
 
 def test_a_batch_the_broker_already_holds_is_acknowledged_as_a_duplicate(
-    publisher: GrpcPublisher, broker: RunningBroker
+    publisher: GrpcSink, broker: RunningBroker
 ) -> None:
     """Publishing (p, 7) again answers duplicate=True with the first offset; the topic holds it once."""
     answer(publisher, batch(6))
@@ -68,7 +68,7 @@ def test_a_batch_the_broker_already_holds_is_acknowledged_as_a_duplicate(
     assert broker.topics.topic(TOPIC).next_offset == 2
 
 
-def test_stats_count_batches_rows_and_duplicates(publisher: GrpcPublisher) -> None:
+def test_stats_count_batches_rows_and_duplicates(publisher: GrpcSink) -> None:
     """Three acks of 3, 5 and 5 rows, the last a duplicate: 3 batches, 13 rows, 1 duplicate."""
     assert publisher.stats == PublishStats(0, 0, 0)
     answer(publisher, batch(1, rows=3))
@@ -79,7 +79,9 @@ def test_stats_count_batches_rows_and_duplicates(publisher: GrpcPublisher) -> No
 
 def test_an_absent_broker_is_unavailable() -> None:
     """Nothing listening on the port: the publish ends with PublishError UNAVAILABLE, and nothing is counted."""
-    absent = GrpcPublisher(f"127.0.0.1:{free_port()}", TOPIC, timeout=5.0, scheduler=ImmediateScheduler.singleton())
+    absent = GrpcSink(
+        f"127.0.0.1:{free_port()}", TOPIC, SinkOptions(timeout=5.0, scheduler=ImmediateScheduler.singleton())
+    )
     try:
         error = answer(absent, batch(1))
         assert isinstance(error, PublishError)
@@ -94,7 +96,7 @@ def test_an_absent_broker_is_unavailable() -> None:
 def test_a_full_topics_retry_hint_becomes_retry_after() -> None:
     """A topic of one message kept 60 s refuses the second with RESOURCE_EXHAUSTED and a hint of about 60 s."""
     with start_broker(BrokerOptions(listen="127.0.0.1:0", max_messages=1, retention=60.0)) as full:
-        publisher = GrpcPublisher(full.address, TOPIC, timeout=5.0, scheduler=ImmediateScheduler.singleton())
+        publisher = GrpcSink(full.address, TOPIC, SinkOptions(timeout=5.0, scheduler=ImmediateScheduler.singleton()))
         try:
             answer(publisher, batch(1))
             error = answer(publisher, batch(2))
@@ -109,7 +111,7 @@ def test_a_full_topics_retry_hint_becomes_retry_after() -> None:
 def test_a_full_topic_without_retention_sends_no_retry_hint() -> None:
     """With no retention, room never appears by itself: RESOURCE_EXHAUSTED without a retry_after."""
     with start_broker(BrokerOptions(listen="127.0.0.1:0", max_messages=1)) as full:
-        publisher = GrpcPublisher(full.address, TOPIC, timeout=5.0, scheduler=ImmediateScheduler.singleton())
+        publisher = GrpcSink(full.address, TOPIC, SinkOptions(timeout=5.0, scheduler=ImmediateScheduler.singleton()))
         try:
             answer(publisher, batch(1))
             error = answer(publisher, batch(2))
@@ -119,7 +121,7 @@ def test_a_full_topic_without_retention_sends_no_retry_hint() -> None:
     assert (error.status, error.retry_after) == ("RESOURCE_EXHAUSTED", None)
 
 
-def test_wait_idle_is_true_at_once_when_nothing_is_in_flight(publisher: GrpcPublisher) -> None:
+def test_wait_idle_is_true_at_once_when_nothing_is_in_flight(publisher: GrpcSink) -> None:
     """Before and after a publish, nothing is in flight: wait_idle(0) answers True without waiting."""
     assert publisher.wait_idle(0.0) is True
     answer(publisher, batch(1))
@@ -130,7 +132,7 @@ def test_wait_idle_is_true_at_once_when_nothing_is_in_flight(publisher: GrpcPubl
 def test_background_publishes_answer_on_the_pipeline_schedulers_thread(broker: RunningBroker) -> None:
     """With background=True the call runs elsewhere, but the ack (and completion) arrive on the scheduler's thread."""
     scheduler = EventLoopScheduler()
-    publisher = GrpcPublisher(broker.address, TOPIC, timeout=5.0, scheduler=scheduler, background=True)
+    publisher = GrpcSink(broker.address, TOPIC, SinkOptions(timeout=5.0, scheduler=scheduler, background=True))
     loop_thread: list[threading.Thread] = []
     scheduler.schedule(lambda *_: loop_thread.append(threading.current_thread()))
     acks: list[tuple[PublishAck, threading.Thread]] = []
@@ -160,9 +162,8 @@ def test_background_publishes_answer_on_the_pipeline_schedulers_thread(broker: R
 def test_close_after_use_is_safe_and_idempotent(broker: RunningBroker, background: bool) -> None:
     """close() after a publish raises nothing, twice over; the counts stay as they were."""
     scheduler = EventLoopScheduler()
-    publisher = GrpcPublisher(
-        broker.address, TOPIC, timeout=5.0, scheduler=scheduler, background=background, on_connectivity=lambda _: None
-    )
+    options = SinkOptions(timeout=5.0, scheduler=scheduler, background=background, on_connectivity=lambda _: None)
+    publisher = GrpcSink(broker.address, TOPIC, options)
     done = threading.Event()
     publisher.publish(batch(1)).subscribe(on_completed=done.set, on_error=lambda _: done.set())
     assert done.wait(10.0), "no answer within 10 s"

@@ -13,7 +13,7 @@ import pytest
 
 from rxstreamer.model import MetricRow, Rejection
 from rxstreamer.parsing import REJECTION_REASONS, SentinelMode
-from rxstreamer.source import CsvRows
+from rxstreamer.sources import CsvRows
 
 MALFORMED = Path(__file__).parent / "data" / "malformed"
 MAX_FIELD_SIZE = 1024

@@ -16,8 +16,8 @@ from reactivex.testing.marbles import marbles_testing
 
 from rxstreamer.model import EncodedBatch, PublishAck
 from rxstreamer.operators import pace, publish_with_retry, pull_through
-from rxstreamer.publisher import InMemoryPublisher
 from rxstreamer.retry import PublishError, RetryPolicy
+from rxstreamer.sinks import InMemorySink
 
 on_next = ReactiveTest.on_next
 on_completed = ReactiveTest.on_completed
@@ -140,7 +140,7 @@ def test_pace_keeps_absolute_deadlines_when_each_publish_takes_time() -> None:
     """Publishes of 0.3 s at a 1 s interval: pulls stay on start + k·1 s and acks on + 0.3 s, no creeping."""
     scheduler = TestScheduler()
     rows = CountingRows(16, scheduler)
-    publisher = InMemoryPublisher(latency=0.3, scheduler=scheduler)
+    publisher = InMemorySink(latency=0.3, scheduler=scheduler)
 
     def then(n: int) -> Observable[PublishAck]:
         return publisher.publish(EncodedBatch("producer", n + 1, b"", "text/plain", 1))
@@ -252,7 +252,7 @@ def test_disposing_pace_lets_the_publish_in_flight_finish_and_starts_no_other() 
     """Dispose mid-publish: that batch still arrives, no further row is read, the source closes."""
     scheduler = TestScheduler()
     rows = CountingRows(10, scheduler)
-    publisher = InMemoryPublisher(latency=8, scheduler=scheduler)
+    publisher = InMemorySink(latency=8, scheduler=scheduler)
 
     def encode(n: int) -> EncodedBatch:
         return EncodedBatch("producer", n + 1, b"", "text/plain", 1)
@@ -310,7 +310,7 @@ def test_retry_resubscribes_only_the_failed_publish() -> None:
 def test_retry_backs_off_exponentially_up_to_the_cap() -> None:
     """Waits double from the initial backoff and stop growing at the maximum."""
     scheduler = TestScheduler()
-    publisher = InMemoryPublisher(failures=[PublishError("UNAVAILABLE", "down")] * 5, scheduler=scheduler)
+    publisher = InMemorySink(failures=[PublishError("UNAVAILABLE", "down")] * 5, scheduler=scheduler)
     attempts_at: list[float] = []
 
     def publish(batch: EncodedBatch) -> Observable[PublishAck]:
@@ -330,7 +330,7 @@ def test_retry_backs_off_exponentially_up_to_the_cap() -> None:
 def test_retry_stops_at_once_on_a_non_retryable_status() -> None:
     """INVALID_ARGUMENT cannot succeed later: one attempt, then the stream errors with that status."""
     scheduler = TestScheduler()
-    publisher = InMemoryPublisher(failures=[PublishError("INVALID_ARGUMENT", "bad topic")], scheduler=scheduler)
+    publisher = InMemorySink(failures=[PublishError("INVALID_ARGUMENT", "bad topic")], scheduler=scheduler)
     batch = EncodedBatch("p", 1, b"", "text/plain", 3)
     results = scheduler.start(
         lambda: reactivex.just(batch).pipe(publish_with_retry(publisher.publish, POLICY, scheduler=scheduler))
@@ -348,7 +348,7 @@ def test_retry_gives_up_after_max_attempts_with_the_last_error() -> None:
     """With max_attempts=3 the third failure ends the stream."""
     scheduler = TestScheduler()
     failures = [PublishError("UNAVAILABLE", f"down {n}") for n in range(1, 5)]
-    publisher = InMemoryPublisher(failures=failures, scheduler=scheduler)
+    publisher = InMemorySink(failures=failures, scheduler=scheduler)
     policy = RetryPolicy(initial_backoff=1.0, max_backoff=1.0, max_attempts=3)
     batch = EncodedBatch("p", 1, b"", "text/plain", 3)
     results = scheduler.start(
@@ -363,7 +363,7 @@ def test_retry_gives_up_after_max_attempts_with_the_last_error() -> None:
 def test_retry_gives_up_when_the_retry_time_is_spent() -> None:
     """With max_retry_time=10 a queue that stays down is tried until 10 units after the first attempt."""
     scheduler = TestScheduler()
-    publisher = InMemoryPublisher(failures=[PublishError("UNAVAILABLE", "down")] * 100, scheduler=scheduler)
+    publisher = InMemorySink(failures=[PublishError("UNAVAILABLE", "down")] * 100, scheduler=scheduler)
     policy = RetryPolicy(initial_backoff=4.0, max_backoff=4.0, max_retry_time=10.0)
     attempts_at: list[float] = []
 
@@ -385,7 +385,7 @@ def test_retry_waits_at_least_the_servers_hint() -> None:
     """RESOURCE_EXHAUSTED with a retry-after hint longer than the backoff waits for the hint."""
     scheduler = TestScheduler()
     full = PublishError("RESOURCE_EXHAUSTED", "topic full", retry_after=30.0)
-    publisher = InMemoryPublisher(failures=[full], scheduler=scheduler)
+    publisher = InMemorySink(failures=[full], scheduler=scheduler)
     batch = EncodedBatch("p", 1, b"", "text/plain", 3)
     results = scheduler.start(
         lambda: reactivex.just(batch).pipe(
@@ -398,7 +398,7 @@ def test_retry_waits_at_least_the_servers_hint() -> None:
 def test_retry_keeps_batches_in_order_and_reports_each_retry() -> None:
     """The second batch waits for the first one's retries; on_retry hears attempt, wait and status."""
     scheduler = TestScheduler()
-    publisher = InMemoryPublisher(
+    publisher = InMemorySink(
         failures=[PublishError("UNAVAILABLE", "down"), PublishError("ABORTED", "raced")], scheduler=scheduler
     )
     retries: list[tuple[int, int, float, str]] = []
@@ -423,7 +423,7 @@ def test_retry_keeps_batches_in_order_and_reports_each_retry() -> None:
 def test_disposing_during_a_backoff_cancels_the_retry() -> None:
     """A dispose while waiting to retry means no further attempt is made."""
     scheduler = TestScheduler()
-    publisher = InMemoryPublisher(failures=[PublishError("UNAVAILABLE", "down")], scheduler=scheduler)
+    publisher = InMemorySink(failures=[PublishError("UNAVAILABLE", "down")], scheduler=scheduler)
     batch = EncodedBatch("p", 1, b"", "text/plain", 3)
     scheduler.start(
         lambda: reactivex.just(batch).pipe(
@@ -442,7 +442,7 @@ def test_a_finished_publish_keeps_no_reference_to_its_batch() -> None:
         """Stands in for an encoded batch of hundreds of kilobytes."""
 
     scheduler = TestScheduler()
-    publisher = InMemoryPublisher(failures=[PublishError("UNAVAILABLE", "down")], scheduler=scheduler)
+    publisher = InMemorySink(failures=[PublishError("UNAVAILABLE", "down")], scheduler=scheduler)
     made: list[weakref.ref[Heavy]] = []
 
     def encode(_: int) -> Heavy:

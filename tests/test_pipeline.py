@@ -16,9 +16,9 @@ from reactivex.testing import TestScheduler
 from rxstreamer.encoding import BatchEncoder, decode_batch
 from rxstreamer.model import MetricRow, PublishAck
 from rxstreamer.pipeline import TransformError, build_pipeline, load_transforms
-from rxstreamer.publisher import InMemoryPublisher
 from rxstreamer.retry import PublishError, RetryPolicy
-from rxstreamer.source import CsvRows
+from rxstreamer.sinks import InMemorySink
+from rxstreamer.sources import CsvRows
 from tests.conftest import TEST_DATA_CSV
 
 #: The 32 GPUs of test-data/metrics.csv in the order each scrape lists them, for every metric.
@@ -60,12 +60,12 @@ GPUS_IN_FILE_ORDER = [
 FILE_UUIDS = GPUS_IN_FILE_ORDER * 30
 
 
-def published_uuids(publisher: InMemoryPublisher) -> list[str]:
+def published_uuids(publisher: InMemorySink) -> list[str]:
     return [metric.uuid for batch in publisher.batches for metric in decode_batch(batch.payload).metrics]
 
 
 def pipeline_on(
-    publisher: InMemoryPublisher,
+    publisher: InMemorySink,
     scheduler: TestScheduler,
     *,
     batch_size: int = 100,
@@ -87,7 +87,7 @@ def pipeline_on(
 def test_the_pipeline_publishes_the_file_in_paced_batches_in_order() -> None:
     """960 rows in batches of 100: ten batches one second apart, sequences 1..10, rows in file order."""
     scheduler = TestScheduler()
-    publisher = InMemoryPublisher(latency=0.25, scheduler=scheduler)
+    publisher = InMemorySink(latency=0.25, scheduler=scheduler)
     results = scheduler.start(lambda: pipeline_on(publisher, scheduler), disposed=100_000)
     acks = [(message.time, message.value.value) for message in results.messages if isinstance(message.value, OnNext)]
     assert [time for time, _ in acks] == [200.25 + k for k in range(10)]
@@ -101,7 +101,7 @@ def test_a_retried_batch_keeps_its_sequence_and_is_stored_once() -> None:
     """A batch refused twice is published on the third attempt with the same identity; nothing is duplicated."""
     scheduler = TestScheduler()
     down = PublishError("UNAVAILABLE", "queue restarting")
-    publisher = InMemoryPublisher(scheduler=scheduler, failures=[None, down, down])
+    publisher = InMemorySink(scheduler=scheduler, failures=[None, down, down])
     scheduler.start(lambda: pipeline_on(publisher, scheduler), disposed=100_000)
     assert [batch.sequence for batch in publisher.batches] == list(range(1, 11))
     assert publisher.attempts == 12
@@ -111,7 +111,7 @@ def test_a_retried_batch_keeps_its_sequence_and_is_stored_once() -> None:
 def test_transforms_run_between_parsing_and_batching() -> None:
     """A filter-and-rescale transform keeps only its rows, rescaled, and batches stay full."""
     scheduler = TestScheduler()
-    publisher = InMemoryPublisher(scheduler=scheduler)
+    publisher = InMemorySink(scheduler=scheduler)
 
     def is_power(row: MetricRow) -> bool:
         return row.metric_name == "DCGM_FI_DEV_POWER_USAGE"
@@ -136,7 +136,7 @@ def test_transforms_run_between_parsing_and_batching() -> None:
 
 def test_each_subscription_reads_the_file_afresh() -> None:
     """The pipeline is cold: a second subscription publishes the file again, with new sequence numbers."""
-    publisher = InMemoryPublisher()
+    publisher = InMemorySink()
     pipeline = build_pipeline(
         CsvRows(TEST_DATA_CSV), publisher, BatchEncoder("p"), batch_size=480, interval=0, retry=RetryPolicy()
     )

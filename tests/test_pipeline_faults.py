@@ -22,10 +22,10 @@ from reactivex.testing.recorded import Recorded
 from rxstreamer.encoding import BatchEncoder
 from rxstreamer.model import EncodedBatch, MetricRow, PublishAck, Rejection
 from rxstreamer.pipeline import EncodingError, build_pipeline
-from rxstreamer.publisher import InMemoryPublisher
 from rxstreamer.retry import PublishError, RetryPolicy
 from rxstreamer.service import _OffsetWatch, _PipelineThread
-from rxstreamer.source import CsvRows
+from rxstreamer.sinks import InMemorySink
+from rxstreamer.sources import CsvRows
 from tests.conftest import TEST_DATA_CSV
 
 
@@ -71,7 +71,7 @@ def acked_sequences(messages: list[Recorded[Any]]) -> list[int]:
 def test_a_transform_that_emits_no_rows_ends_the_stream_with_an_encoding_error() -> None:
     """A transform mapping rows to strings: the first batch fails to encode, at subscription, naming the type."""
     scheduler = TestScheduler()
-    publisher = InMemoryPublisher(scheduler=scheduler)
+    publisher = InMemorySink(scheduler=scheduler)
     messages = run_pipeline(scheduler, publisher, transforms=[ops.map(lambda _: "not a row")])
     time, error = error_of(messages)
     assert time == 200.0
@@ -83,7 +83,7 @@ def test_a_transform_that_emits_no_rows_ends_the_stream_with_an_encoding_error()
 def test_a_sequence_past_uint64_ends_the_stream_with_an_encoding_error() -> None:
     """A first sequence of 2**64 (from a corrupt checkpoint) cannot be encoded: error, nothing published."""
     scheduler = TestScheduler()
-    publisher = InMemoryPublisher(scheduler=scheduler)
+    publisher = InMemorySink(scheduler=scheduler)
     messages = run_pipeline(scheduler, publisher, encoder=BatchEncoder("p", first_sequence=2**64))
     _, error = error_of(messages)
     assert isinstance(error, EncodingError)
@@ -94,7 +94,7 @@ def test_a_sequence_past_uint64_ends_the_stream_with_an_encoding_error() -> None
 def test_an_acknowledgement_listener_that_raises_ends_the_stream_after_that_batch() -> None:
     """The checkpoint writer failing on the third ack: error at that ack's time, no fourth batch published."""
     scheduler = TestScheduler()
-    publisher = InMemoryPublisher(latency=0.25, scheduler=scheduler)
+    publisher = InMemorySink(latency=0.25, scheduler=scheduler)
 
     def fail_on_third(ack: PublishAck) -> None:
         if ack.sequence == 3:
@@ -110,7 +110,7 @@ def test_an_acknowledgement_listener_that_raises_ends_the_stream_after_that_batc
 def test_a_retry_listener_that_raises_ends_the_stream() -> None:
     """The retry logger raising when the first publish is refused: the stream fails at once, no retry runs."""
     scheduler = TestScheduler()
-    publisher = InMemoryPublisher(scheduler=scheduler, failures=[PublishError("UNAVAILABLE", "down")])
+    publisher = InMemorySink(scheduler=scheduler, failures=[PublishError("UNAVAILABLE", "down")])
 
     def broken_logger(batch: EncodedBatch, attempt: int, wait: float, error: BaseException) -> None:
         raise RuntimeError("log sink closed")
@@ -125,7 +125,7 @@ class _RaisingPublisher:
     """A publisher whose publish call itself raises on the given attempts (a bug in a user's sink, say)."""
 
     def __init__(self, scheduler: TestScheduler, raise_on: set[int]) -> None:
-        self.inner = InMemoryPublisher(scheduler=scheduler, failures=[PublishError("UNAVAILABLE", "down")])
+        self.inner = InMemorySink(scheduler=scheduler, failures=[PublishError("UNAVAILABLE", "down")])
         self.raise_on = raise_on
         self.calls = 0
 
@@ -170,7 +170,7 @@ def test_a_rejection_handler_that_raises_ends_the_stream_after_the_batches_befor
         raise OSError(28, f"No space left on device (line {rejection.line})")
 
     scheduler = TestScheduler()
-    publisher = InMemoryPublisher(scheduler=scheduler)
+    publisher = InMemorySink(scheduler=scheduler)
     messages = run_pipeline(scheduler, publisher, rows=CsvRows(path, on_reject=quarantine_full))
     _, error = error_of(messages)
     assert str(error) == "[Errno 28] No space left on device (line 252)"
@@ -217,7 +217,7 @@ def test_offsets_that_go_back_are_reported_once() -> None:
 def test_reading_ahead_carries_each_batchs_own_counts_to_its_acknowledgement() -> None:
     """With read_ahead=1 the source runs a batch ahead; each ack still carries the counts at its own batch."""
     scheduler = TestScheduler()
-    publisher = InMemoryPublisher(latency=0.5, scheduler=scheduler)
+    publisher = InMemorySink(latency=0.5, scheduler=scheduler)
     rows = CsvRows(TEST_DATA_CSV)
     results = scheduler.start(
         lambda: build_pipeline(
@@ -240,7 +240,7 @@ def test_reading_ahead_carries_each_batchs_own_counts_to_its_acknowledgement() -
 def test_an_observable_source_of_rows_without_counts_carries_none() -> None:
     """A plain iterable of rows (no stats, no position): batches carry neither, and publish as before."""
     scheduler = TestScheduler()
-    publisher = InMemoryPublisher(scheduler=scheduler)
+    publisher = InMemorySink(scheduler=scheduler)
     rows: list[MetricRow] = list(CsvRows(TEST_DATA_CSV))[:150]
     messages = run_pipeline(scheduler, publisher, rows=rows)
     acks = [message.value.value for message in messages if isinstance(message.value, OnNext)]

@@ -11,7 +11,7 @@ import pytest
 
 from rxstreamer.encoding import BatchEncoder, content_digest
 from rxstreamer.model import Position
-from rxstreamer.source import CsvRows
+from rxstreamer.sources import CsvRows
 from tests.conftest import TEST_DATA_CSV
 from tests.processes import broker_process, child_env, read_topic, run_streamer, rxstreamer_command
 

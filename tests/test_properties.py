@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from rxstreamer.generate import generate_records, write_csv
 from rxstreamer.model import MetricRow, Position, Rejection
 from rxstreamer.parsing import REJECTION_REASONS, SENTINEL_MODES, SentinelMode, dcgm_sentinel
-from rxstreamer.source import CsvRows, SourceError
+from rxstreamer.sources import CsvRows, SourceError
 
 PROPERTY_SETTINGS = settings(
     max_examples=150,

@@ -16,10 +16,10 @@ from structlog.testing import capture_logs
 from rxstreamer.encoding import BatchEncoder
 from rxstreamer.model import Rejection
 from rxstreamer.pipeline import build_pipeline
-from rxstreamer.publisher import InMemoryPublisher
 from rxstreamer.quarantine import QUARANTINE_COLUMNS, Quarantine, QuarantineError, RejectionReporter
 from rxstreamer.retry import RetryPolicy
-from rxstreamer.source import CsvRows
+from rxstreamer.sinks import InMemorySink
+from rxstreamer.sources import CsvRows
 
 DATA = Path(__file__).parent / "data"
 
@@ -207,7 +207,7 @@ def test_a_quarantine_that_cannot_write_ends_the_pipeline_with_its_error(tmp_pat
     path = tmp_path / "rejected.csv"
     quarantine = Quarantine(path, opener=lambda opened: text_over(DiskFills(opened, 0)))
     rows = CsvRows(DATA / "bad_rows.csv", on_reject=quarantine)
-    publisher = InMemoryPublisher()
+    publisher = InMemorySink()
     pipeline = build_pipeline(rows, publisher, BatchEncoder("p"), batch_size=2, interval=0, retry=RetryPolicy())
     with pytest.raises(QuarantineError, match="No space left on device"):
         pipeline.run()

@@ -9,13 +9,13 @@ from reactivex.testing import TestScheduler
 from rxstreamer.checkpoint import Checkpointer, InputFile, plan_resume, read_checkpoint
 from rxstreamer.encoding import BatchEncoder
 from rxstreamer.pipeline import build_pipeline
-from rxstreamer.publisher import InMemoryPublisher
 from rxstreamer.retry import RetryPolicy
-from rxstreamer.source import CsvRows
+from rxstreamer.sinks import InMemorySink
+from rxstreamer.sources import CsvRows
 from tests.conftest import TEST_DATA_CSV
 
 
-def stream(path: Path, checkpoint: Path, *, disposed: float, read_ahead: int = 1) -> InMemoryPublisher:
+def stream(path: Path, checkpoint: Path, *, disposed: float, read_ahead: int = 1) -> InMemorySink:
     """One run in virtual time (batches of 100, one per second, each ack 0.5 s later), resuming where it can."""
     file = InputFile(path)
     plan = plan_resume(
@@ -27,7 +27,7 @@ def stream(path: Path, checkpoint: Path, *, disposed: float, read_ahead: int = 1
         checkpoint_path=checkpoint,
     )
     scheduler = TestScheduler()
-    publisher = InMemoryPublisher(latency=0.5, scheduler=scheduler)
+    publisher = InMemorySink(latency=0.5, scheduler=scheduler)
     record = Checkpointer(checkpoint, producer_id="p", batch_size=100, file=file, before=plan.before)
     scheduler.start(
         lambda: build_pipeline(

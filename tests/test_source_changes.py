@@ -9,7 +9,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from rxstreamer.generate import generate_file
-from rxstreamer.source import CsvRows, SourceError, SourceShrankError
+from rxstreamer.sources import CsvRows, SourceError, SourceShrankError
 
 HEADER = b"timestamp,metric_name,uuid,value\n"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rxstreamer.generate import generate_file
-from rxstreamer.source import SourceError
+from rxstreamer.sources import SourceError
 from rxstreamer.validate import Example, render_json, render_text, validate_file
 
 DATA = Path(__file__).parent / "data"
@@ -86,6 +86,16 @@ def test_a_file_that_cannot_be_read_raises_source_error(tmp_path: Path) -> None:
     bad_header.write_text("a,b,c\n1,2,3\n", encoding="utf-8")
     with pytest.raises(SourceError, match="missing required column"):
         validate_file(bad_header)
+
+
+def test_the_format_is_chosen_as_the_streamer_chooses_it(tmp_path: Path) -> None:
+    """auto goes by the extension and refuses one it does not know; an explicit format reads any name."""
+    path = tmp_path / "bad_rows.txt"
+    path.write_bytes((DATA / "bad_rows.csv").read_bytes())
+    with pytest.raises(SourceError, match=r"cannot tell the format from the extension '\.txt'"):
+        validate_file(path)
+    report = validate_file(path, format="csv")
+    assert (report.rows, report.good, report.rejected, report.exit_code) == (10, 3, 7, 1)
 
 
 def test_a_header_only_file_is_clean_but_says_so(tmp_path: Path) -> None:

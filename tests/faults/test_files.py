@@ -19,7 +19,7 @@ import pytest
 
 from rxstreamer.checkpoint import Checkpoint, FileIdentity, write_checkpoint
 from rxstreamer.model import Position
-from rxstreamer.source import CsvRows
+from rxstreamer.sources import CsvRows
 from tests.conftest import TEST_DATA_CSV
 from tests.processes import (
     REPO_ROOT,

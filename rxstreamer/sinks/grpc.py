@@ -1,4 +1,4 @@
-"""The gRPC edge: publish encoded batches to a MessageQueue service.
+"""The gRPC sink: publish encoded batches to a MessageQueue service at ``grpc://host:port`` (or ``host:port``).
 
 Each publish is one blocking ``Publish`` call with a deadline, made on the pipeline's thread by default,
 or with ``background=True`` on a publishing thread of its own so that the pipeline thread can read the
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -29,10 +28,12 @@ from reactivex.disposable import Disposable
 from rxstreamer.encoding import CONTENT_DIGEST_HEADER
 from rxstreamer.model import EncodedBatch, PublishAck
 from rxstreamer.proto import mq_pb2, mq_pb2_grpc
-from rxstreamer.publisher import PublishStats, StatsRecorder
 from rxstreamer.retry import PublishError
+from rxstreamer.sinks.base import PublishStats, SinkOptions, StatsRecorder
 
 log = structlog.get_logger()
+
+__all__ = ["GrpcSink", "publish_error"]
 
 #: Reconnect quickly after the queue comes back: gRPC's own default waits up to two minutes.
 _CHANNEL_OPTIONS = [
@@ -73,23 +74,15 @@ def publish_error(error: grpc.RpcError, batch: EncodedBatch | None = None) -> Pu
     return PublishError(status.name, details, retry_after)
 
 
-class GrpcPublisher:
-    """Publishes to one topic of a MessageQueue over one channel."""
+class GrpcSink:
+    """Publishes to one topic of a MessageQueue over one channel; ``address`` is a gRPC target (``host:port``)."""
 
-    def __init__(
-        self,
-        address: str,
-        topic: str,
-        *,
-        timeout: float,
-        scheduler: abc.SchedulerBase,
-        on_connectivity: Callable[[str], None] | None = None,
-        background: bool = False,
-    ) -> None:
+    def __init__(self, address: str, topic: str, options: SinkOptions) -> None:
         self.address = address
         self._topic = topic
-        self._timeout = timeout
-        self._scheduler = scheduler
+        self._timeout = options.timeout
+        self._scheduler = options.scheduler
+        on_connectivity, background = options.on_connectivity, options.background
         self._channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
         self._stub = mq_pb2_grpc.MessageQueueStub(self._channel)
         self._recorder = StatsRecorder()
@@ -97,6 +90,7 @@ class GrpcPublisher:
         self._in_flight = 0
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
+        self._closed = False
         self._on_connectivity = on_connectivity
         if on_connectivity is not None:
             self._channel.subscribe(self._connectivity_changed, try_to_connect=True)
@@ -190,7 +184,15 @@ class GrpcPublisher:
             return self._idle.wait_for(lambda: self._in_flight == 0, timeout=timeout)
 
     def close(self) -> None:
-        """Close the channel; any call still in flight is cancelled. Call ``wait_idle`` first."""
+        """Close the channel; any call still in flight is cancelled. Call ``wait_idle`` first.
+
+        Idempotent, and guarded rather than relying on gRPC tolerating a second close: every path out of a
+        run may close the sink without knowing whether another already did.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
         if self._on_connectivity is not None:
             self._channel.unsubscribe(self._connectivity_changed)
         self._channel.close()
