@@ -356,7 +356,6 @@ def run_streamer(
     except SinkAddressError as error:
         raise ConfigError("message_queue.address", queue.address, str(error)) from error
     plan = _plan(settings, transforms)
-    log.info("streamer.started", producer_id=plan.encoder.producer_id, **settings_summary(settings))
 
     wake = stop if stop is not None else threading.Event()
     started = time.monotonic()
@@ -373,6 +372,8 @@ def run_streamer(
             background=queue.publish_in_background,
         ),
     )
+    # Logged once the sink is open (its module imported, its channel made): from here on, time is streaming.
+    log.info("streamer.started", producer_id=plan.encoder.producer_id, **settings_summary(settings))
     retry = RetryPolicy(
         initial_backoff=queue.retry.initial_backoff,
         max_backoff=queue.retry.max_backoff,
