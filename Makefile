@@ -9,16 +9,32 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := $(wildcard protos/rxstreamer/proto/*.proto)
 PROTO_OUT := rxstreamer/proto
 
-# Quick start knobs: `make run INTERVAL=1s` streams at the production default pace.
+# Quick start knobs: `make run INTERVAL=1s` streams at the production default pace. `make run` always uses
+# these (the defaults below); the other targets pass only those you set, as flags over CONFIG and settings.toml.
 MQ_ADDRESS ?= 127.0.0.1:50051
 INTERVAL ?= 100ms
 METRICS ?= test-data/metrics.csv
+CONFIG ?=
+# How long `make run` waits for its broker to answer its health check before giving up.
+READY_TIMEOUT ?= 10s
+
+# `--flag 'value'` when the variable came from the command line or the environment, nothing for a default.
+given = $(if $(filter-out file default undefined,$(origin $(1))),$(2) '$($(1))')
+CONFIG_FLAG = $(if $(CONFIG),--config '$(CONFIG)')
+STREAMER_FLAGS = $(CONFIG_FLAG) $(call given,MQ_ADDRESS,--mq-address) $(call given,METRICS,--metrics-path) \
+                 $(call given,INTERVAL,--interval)
 
 .PHONY: help install proto proto-check lint typecheck test test-fast run mq telemetry-streamer run-streamer \
         tail test-data bench clean
 
-help: ## List the targets
+help: ## List the targets and the variables they take
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-20s %s\n", $$1, $$2}'
+	@echo
+	@echo "Variables, e.g. make run MQ_ADDRESS=127.0.0.1:50052 (make run always uses them, with these defaults;"
+	@echo "the other targets pass only those you set, as flags that win over CONFIG and settings.toml):"
+	@printf "  %-11s %-22s %s\n" MQ_ADDRESS "$(MQ_ADDRESS)" "where the broker listens and the streamer and tail connect" \
+	  METRICS "$(METRICS)" "the DCGM CSV to stream" INTERVAL "$(INTERVAL)" "time between batches" \
+	  CONFIG "$(or $(CONFIG),(none))" "a settings file (TOML, YAML or JSON), passed as --config FILE"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,24 +69,26 @@ test: $(STAMP) proto-check lint typecheck ## Everything CI checks: generated cod
 test-fast: $(STAMP) ## Only the test suite
 	$(PY) -m pytest -q
 
-run: $(STAMP) ## Quick start: a broker and the streamer on test-data/metrics.csv, ending with the summary
+run: $(STAMP) ## Quick start: a broker and the streamer on METRICS, ending with the summary
 	@set -e; \
-	$(PY) -m rxstreamer mq --listen $(MQ_ADDRESS) & broker=$$!; \
+	$(PY) -m rxstreamer mq $(CONFIG_FLAG) --listen '$(MQ_ADDRESS)' & broker=$$!; \
 	trap 'kill -TERM $$broker 2>/dev/null; wait $$broker 2>/dev/null || true' EXIT; \
-	$(PY) -m rxstreamer run --mq-address $(MQ_ADDRESS) --metrics-path $(METRICS) --interval $(INTERVAL); \
+	$(PY) -m rxstreamer.broker.ready '$(MQ_ADDRESS)' --timeout $(READY_TIMEOUT) --pid $$broker; \
+	$(PY) -m rxstreamer run $(CONFIG_FLAG) --mq-address '$(MQ_ADDRESS)' --metrics-path '$(METRICS)' \
+	  --interval '$(INTERVAL)'; \
 	echo "--- the first 3 metrics the queue holds (rxstreamer tail):"; \
-	$(PY) -m rxstreamer tail --mq-address $(MQ_ADDRESS) --from-beginning --count 3
+	$(PY) -m rxstreamer tail $(CONFIG_FLAG) --mq-address '$(MQ_ADDRESS)' --from-beginning --count 3
 
-mq: $(STAMP) ## Run the reference broker on MQ_ADDRESS
-	$(PY) -m rxstreamer mq --listen $(MQ_ADDRESS)
+mq: $(STAMP) ## Run the reference broker (on MQ_ADDRESS when set)
+	$(PY) -m rxstreamer mq $(CONFIG_FLAG) $(call given,MQ_ADDRESS,--listen)
 
 telemetry-streamer: run-streamer ## Same as run-streamer
 
-run-streamer: $(STAMP) ## Run the streamer alone with settings.toml (a broker must be listening)
-	$(PY) -m rxstreamer run
+run-streamer: $(STAMP) ## Run the streamer alone (a broker must be listening)
+	$(PY) -m rxstreamer run $(STREAMER_FLAGS)
 
-tail: $(STAMP) ## Print what the queue holds on MQ_ADDRESS, from the beginning
-	$(PY) -m rxstreamer tail --mq-address $(MQ_ADDRESS) --from-beginning --idle-timeout 2s
+tail: $(STAMP) ## Print what the queue holds (on MQ_ADDRESS when set), from the beginning
+	$(PY) -m rxstreamer tail $(CONFIG_FLAG) $(call given,MQ_ADDRESS,--mq-address) --from-beginning --idle-timeout 2s
 
 test-data: $(STAMP) ## Regenerate test-data/metrics.csv (deterministic)
 	$(PY) -m rxstreamer generate --hosts 4 --gpus 8 --scrapes 3 --seed 7 --output test-data/metrics.csv

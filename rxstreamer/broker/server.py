@@ -22,8 +22,11 @@ max_total_bytes; the test ``test_too_large_publish_status_by_size_band`` pins ea
 
 from __future__ import annotations
 
+import errno
 import math
 import re
+import socket
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -77,8 +80,23 @@ UNARY_WORKERS = 8
 _MAX_PORT = 65_535
 
 
+# The exit status of a broker whose address another process holds: like a bad setting, the operator's to fix.
+EXIT_ADDRESS_IN_USE = 2
+
+
 class BrokerError(Exception):
     """The broker cannot start as configured; the message is meant for the operator."""
+
+
+class AddressInUseError(BrokerError):
+    """Another process listens on the address: told apart so ``make run`` can stop before streaming into it."""
+
+    def __init__(self, listen: str) -> None:
+        super().__init__(
+            f"cannot listen on {listen}: port {listen} is in use (address in use); stop what listens there or "
+            "choose another address"
+        )
+        self.listen = listen
 
 
 @dataclass(frozen=True)
@@ -398,6 +416,9 @@ def serve(
 ) -> int:
     """Run a broker until SIGINT/SIGTERM (or ``stop_event``); the process exit code is returned.
 
+    0 after a clean stop; 2, after one line on stderr, when another process holds the address (the operator's
+    to fix, like a bad setting); 1, after ``broker.failed``, when the broker cannot start for another reason.
+
     With ``stop_signals`` it installs its own handlers first thing, before the data directory is recovered
     (so it must run on the main thread): SIGINT and SIGTERM stop it cleanly, even while it starts, and
     SIGHUP is logged as ``broker.sighup_ignored`` and changes nothing. A process that takes its signals
@@ -435,6 +456,10 @@ class _StopRequests:
 def _serve(options: BrokerOptions, stop: _StopRequests) -> int:
     try:
         running = start_broker(options)
+    except AddressInUseError as error:
+        # One line on stderr, like every setting the operator must fix; no log line around it.
+        print(f"rxstreamer mq: {error}", file=sys.stderr)
+        return EXIT_ADDRESS_IN_USE
     except BrokerError as error:
         log.error("broker.failed", listen=options.listen, reason=str(error))
         return 1
@@ -519,20 +544,56 @@ def _log_recovered(topics: Broker) -> None:
 
 
 def _bind(server: grpc.Server, listen: str) -> int:
-    """Bind ``listen``, turning both failure styles of grpc (0 or RuntimeError) into BrokerError."""
+    """Bind ``listen``, turning both failure styles of grpc (0 or RuntimeError) into BrokerError.
+
+    A port another process holds is found by a probe first, so the operator gets AddressInUseError's one line
+    rather than grpc's own multi-line complaint on stderr; the probe runs again after a grpc failure, for a
+    port taken in between.
+    """
     port_text = listen.rpartition(":")[2]
     if port_text.isdigit() and int(port_text) > _MAX_PORT:
         # grpc would silently bind the port number modulo 65536.
         raise BrokerError(f"cannot listen on {listen}: port {port_text} is above {_MAX_PORT}")
+    if _in_use(listen):
+        server.stop(None)
+        raise AddressInUseError(listen)
     try:
         port = server.add_insecure_port(listen)
     except RuntimeError as error:
         server.stop(None)
+        if _in_use(listen):
+            raise AddressInUseError(listen) from error
         raise BrokerError(f"cannot listen on {listen}: {error}") from error
     if port == 0:
         server.stop(None)
+        if _in_use(listen):
+            raise AddressInUseError(listen)
         raise BrokerError(f"cannot listen on {listen}: the address is invalid or already in use")
     return port
+
+
+def _in_use(listen: str) -> bool:
+    """Whether binding ``host:port`` fails with EADDRINUSE (as grpc binds it, with SO_REUSEADDR).
+
+    Anything else (a unix socket, port 0, a name that does not resolve) is False: grpc's bind decides then.
+    """
+    host, _, port_text = listen.rpartition(":")
+    if listen.startswith("unix:") or not port_text.isdigit() or int(port_text) == 0:
+        return False
+    host = host.strip("[]")
+    try:
+        addresses = socket.getaddrinfo(host or None, int(port_text), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError):
+        return False
+    for family, kind, protocol, _, address in addresses:
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    return True
+    return False
 
 
 def _connect_address(listen: str, port: int) -> str:

@@ -21,8 +21,9 @@ import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rxstreamer.broker import BrokerError, BrokerOptions, RunningBroker, serve, start_broker
+from rxstreamer.broker.server import AddressInUseError
 from rxstreamer.proto import mq_pb2, mq_pb2_grpc
-from tests.processes import end_process
+from tests.processes import REPO_ROOT, child_env, end_process, rxstreamer_command
 
 pytestmark = pytest.mark.integration
 
@@ -289,14 +290,18 @@ def test_stop_twice_is_harmless(broker: RunningBroker) -> None:
     broker.stop(grace=0)
 
 
-def test_port_in_use_is_a_broker_error() -> None:
-    """Binding a port someone else holds fails with a message naming the address."""
+def test_port_in_use_is_an_address_in_use_error() -> None:
+    """Binding a port someone else holds fails with AddressInUseError, whose message names the address."""
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         listen = f"127.0.0.1:{holder.getsockname()[1]}"
-        with pytest.raises(BrokerError, match=re.escape(f"cannot listen on {listen}")):
+        with pytest.raises(AddressInUseError) as refused:
             start_broker(BrokerOptions(listen=listen))
+    assert str(refused.value) == (
+        f"cannot listen on {listen}: port {listen} is in use (address in use); stop what listens there or "
+        "choose another address"
+    )
 
 
 def test_port_out_of_range_is_a_broker_error() -> None:
@@ -313,13 +318,39 @@ def test_invalid_limits_are_a_broker_error() -> None:
 
 def test_serve_reports_failure_and_returns_1() -> None:
     """serve() turns a start failure into broker.failed and exit code 1, not a traceback."""
+    with structlog.testing.capture_logs() as logs:
+        assert serve(BrokerOptions(listen="127.0.0.1:0", max_messages=0), stop_signals=False) == 1
+    [failed] = [entry for entry in logs if entry["event"] == "broker.failed"]
+    assert failed["reason"].startswith("invalid broker limits: ")
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line_and_returns_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """A taken port is the operator's to fix, like a bad setting: one line on stderr naming it, exit 2, no log."""
     with socket.socket() as holder, structlog.testing.capture_logs() as logs:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         listen = f"127.0.0.1:{holder.getsockname()[1]}"
-        assert serve(BrokerOptions(listen=listen), stop_signals=False) == 1
-    [failed] = [entry for entry in logs if entry["event"] == "broker.failed"]
-    assert "cannot listen on" in failed["reason"]
+        assert serve(BrokerOptions(listen=listen), stop_signals=False) == 2
+    assert logs == []
+    assert capsys.readouterr().err == (
+        f"rxstreamer mq: cannot listen on {listen}: port {listen} is in use (address in use); stop what listens "
+        "there or choose another address\n"
+    )
+
+
+def test_a_broker_process_on_a_port_in_use_exits_2_with_one_line() -> None:
+    """`rxstreamer mq` on a port another broker holds: exit 2, and its whole output is the one line."""
+    with start_broker(BrokerOptions(listen="127.0.0.1:0")) as holder:
+        listen = f"127.0.0.1:{holder.port}"
+        finished = subprocess.run(
+            rxstreamer_command("mq", "--listen", listen, "--log-format", "json"),
+            capture_output=True, text=True, env=child_env(), cwd=REPO_ROOT, timeout=60, check=False,
+        )  # fmt: skip
+    assert (finished.returncode, finished.stdout) == (2, "")
+    assert finished.stderr == (
+        f"rxstreamer mq: cannot listen on {listen}: port {listen} is in use (address in use); stop what listens "
+        "there or choose another address\n"
+    )
 
 
 def test_serve_stops_when_stop_event_is_set() -> None:
