@@ -26,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rxstreamer`` script and of ``python -m rxstreamer``."""
     watch = install_process_watch()  # already done by ``python -m rxstreamer``; the script gets it here
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if not args_list or args_list[0] not in (*COMMANDS, "-h", "--help"):
+    if not args_list or args_list[0] not in (*COMMANDS, "-h", "--help", "--version"):
         args_list.insert(0, "run")  # `rxstreamer --batch-size 5` means `rxstreamer run --batch-size 5`
     args = _parser().parse_args(args_list)
     if args.command not in LONG_RUNNING:
@@ -133,7 +133,7 @@ def _tail(args: argparse.Namespace) -> int:
         with_batch=args.with_batch,
     )
     try:
-        tail(options, sys.stdout)
+        tail(options, sys.stdout, notify=lambda text: print(f"rxstreamer: {text}", file=sys.stderr, flush=True))
     except TailError as error:
         return _fail(str(error), EXIT_FAILURE)
     except BrokenPipeError:
@@ -159,9 +159,10 @@ def _generate(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise ConfigError("--scrape-interval", args.scrape_interval, str(error)) from error
     scrapes = 3 if args.scrapes is None and args.rows is None else args.scrapes
+    to_stdout = args.output == "-"  # `generate -o - | head`: straight into another tool, no temporary file
     try:
         written = generate_file(
-            args.output,
+            sys.stdout if to_stdout else Path(args.output),
             hosts=args.hosts,
             gpus=args.gpus,
             scrapes=scrapes,
@@ -169,9 +170,13 @@ def _generate(args: argparse.Namespace) -> int:
             scrape_interval=scrape_interval,
             rows=args.rows,
         )
+    except BrokenPipeError:
+        sys.stderr.close()  # `generate -o - | head`: the reader left; nothing to report
+        return 0
     except OSError as error:
         return _fail(f"cannot write {args.output}: {error.strerror}", EXIT_FAILURE)
-    print(f"rxstreamer: wrote {written} rows to {args.output}", file=sys.stderr)
+    where = "standard output" if to_stdout else args.output
+    print(f"rxstreamer: wrote {written} rows to {where}", file=sys.stderr)
     return 0
 
 
@@ -199,15 +204,55 @@ def _validate(args: argparse.Namespace) -> int:
 # --- the parser ---------------------------------------------------------------------------------------
 
 
+def version() -> str:
+    """The installed distribution's version; from a source checkout that is not installed, pyproject.toml's."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("rxstreamer")
+    except metadata.PackageNotFoundError:
+        return _declared_version()
+
+
+def _declared_version() -> str:
+    import tomllib
+
+    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    try:
+        declared = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["version"]
+    except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError):
+        return "unknown"
+    return str(declared)
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: the version is looked up only when asked for, not on every start."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        print(f"rxstreamer {version()}")
+        parser.exit(0)
+
+
+def _add_version(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--version", action=_VersionAction, help="print rxstreamer's version and exit")
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path, help="a TOML, YAML or JSON file overriding settings.toml")
+    common.add_argument(
+        "--config", type=Path, help="a TOML, YAML or JSON file overriding settings.toml (default: $RXSTREAMER_CONFIG)"
+    )
+    _add_version(common)
 
     parser = argparse.ArgumentParser(
         prog="rxstreamer",
         description="Stream DCGM GPU telemetry from a CSV file into a message queue over gRPC.",
         epilog="Without a command, `run` is assumed.",
     )
+    _add_version(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = commands.add_parser("run", parents=[common], help="stream a metrics file to the queue (default)")
@@ -237,7 +282,9 @@ def _parser() -> argparse.ArgumentParser:
     validate.set_defaults(handler=_validate)
 
     generate = commands.add_parser("generate", help="write a realistic synthetic DCGM CSV (test data, load files)")
-    generate.add_argument("--output", "-o", type=Path, required=True, help="the CSV file to write")
+    _add_version(generate)
+    # Text, not a Path: Path("./-") is Path("-"), and `-o ./-` must still mean a file named "-".
+    generate.add_argument("--output", "-o", required=True, help="the CSV file to write; - for stdout")
     generate.add_argument("--hosts", type=int, default=4, help="number of hosts (default 4)")
     generate.add_argument("--gpus", type=int, default=8, help="GPUs per host (default 8)")
     generate.add_argument("--scrapes", type=int, help="number of scrapes (default 3, or as many as --rows needs)")

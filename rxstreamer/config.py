@@ -5,9 +5,9 @@ matches against the annotation), its default as settings.toml spells it, its hel
 are generated from these declarations; settings.toml and the README table are derived from them and checked by
 tests/test_settings_files.py (``python -m tests.test_settings_files`` rewrites both).
 
-Layers, lowest first: the packaged settings.toml and ``--config FILE`` (TOML, YAML or JSON), read together by
-dynaconf; ``RXSTREAMER_`` environment variables, ``__`` nesting; command-line overrides. Each layer becomes a
-map of dotted names, so layering is ``dict.update``.
+Layers, lowest first: the packaged settings.toml and ``--config FILE`` (TOML, YAML or JSON; without the flag,
+the file ``RXSTREAMER_CONFIG`` names), read together by dynaconf; ``RXSTREAMER_`` environment variables, ``__``
+nesting; command-line overrides. Each layer becomes a map of dotted names, so layering is ``dict.update``.
 
 The environment is read here, not by dynaconf's env loader, having tried it: that loader reads ``os.environ``
 through a module global (``environ=`` would mean patching dynaconf), reads values without knowing the setting
@@ -65,6 +65,8 @@ __all__ = [
 
 ENV_PREFIX: Final = "RXSTREAMER_"
 ENV_NESTING: Final = "__"
+# Not a setting: the --config file, for where a flag is awkward (containers, systemd units); the flag wins.
+ENV_CONFIG: Final = "RXSTREAMER_CONFIG"
 MAX_BATCH_SIZE: Final = 1_000_000
 MAX_READ_AHEAD: Final = 16
 FsyncPolicy = Literal["always", "interval", "never"]  # here, not in rxstreamer.broker: importing that needs grpc
@@ -343,6 +345,11 @@ class MessageQueueSettings:
         "make Publish calls on a thread of their own so that `read_ahead` overlaps reading with the call (slower "
         "on 2 cores, see docs/benchmarks.md)",
     )
+    unreachable_alert_after: float = setting(
+        POSITIVE,
+        "60s",
+        "how long the queue may stay unreachable before one `mq.unreachable_alert` line at level `error`",
+    )
     retry: RetrySettings = table(RetrySettings)  # noqa: RUF009
 
 
@@ -359,7 +366,9 @@ class LoggingSettings:
         "`json`, `console`, or `auto` (console on a terminal)",
         "run mq tail validate --log-format",
     )
-    level: str = setting(choice("rxstreamer.logs:LOG_LEVELS"), "info", "`debug`, `info`, `warning`, `error`")
+    level: str = setting(
+        choice("rxstreamer.logs:LOG_LEVELS"), "info", "`debug`, `info`, `warning`, `error`", "run mq tail --log-level"
+    )
     progress_interval: float = setting(POSITIVE, "10s", "how often `streamer.progress` is logged")
     rejected_rows_in_full: int = setting(
         integer(0), 20, "rejected rows logged one by one; after that, one count per progress interval"
@@ -462,10 +471,15 @@ def load_settings(
     """Merge every layer and validate the result, raising ConfigError at the first unusable value.
 
     ``overrides`` maps dotted names ("telemetry.batch_size") to values; a None value means "not given", so
-    the CLI can pass every flag straight from argparse. ``environ`` defaults to ``os.environ``.
+    the CLI can pass every flag straight from argparse. ``environ`` defaults to ``os.environ``. Without
+    ``config_file``, a non-empty ``RXSTREAMER_CONFIG`` names it, and errors about the file name that variable.
     """
-    values = _files_layer(None if config_file is None else Path(config_file).expanduser())
-    for variable, raw in sorted((os.environ if environ is None else environ).items()):
+    environ = os.environ if environ is None else environ
+    source = "--config"
+    if config_file is None and environ.get(ENV_CONFIG, "").strip():
+        config_file, source = environ[ENV_CONFIG], ENV_CONFIG
+    values = _files_layer(None if config_file is None else Path(config_file).expanduser(), source)
+    for variable, raw in sorted(environ.items()):
         values.update(_environment_variable(variable, raw))
     for name, value in (overrides or {}).items():
         if value is None:
@@ -511,16 +525,18 @@ def settings_summary(settings: Settings) -> dict[str, object]:
     return summary
 
 
-def _files_layer(config: Path | None) -> dict[str, object]:
-    """The packaged settings.toml, then --config and its NAME.local.EXT sibling, layered by dynaconf."""
+def _files_layer(config: Path | None, source: str = "--config") -> dict[str, object]:
+    """The packaged settings.toml, then --config and its NAME.local.EXT sibling, layered by dynaconf.
+
+    ``source`` is how the user named the file (``--config`` or ``RXSTREAMER_CONFIG``), for error messages."""
     from dynaconf import Dynaconf  # imported here: it costs ~0.1 s of start-up
 
     files = [Path(str(resources.files("rxstreamer").joinpath("settings.toml"))), *([config] if config else [])]
     if config and config.suffix not in _FORMATS:
         unsupported = f"unsupported file type {config.suffix or '(no extension)'!r}; use .toml, .yaml, .yml or .json"
-        raise ConfigError("--config", config, unsupported)
+        raise ConfigError(source, config, unsupported)
     if config:
-        require_readable_file("--config", config)
+        require_readable_file(source, config)
     problem = f"cannot be read as {_FORMATS[files[-1].suffix]}"
     with _DYNACONF_LOCK:
         try:  # absolute, glob-escaped paths: no search through parent directories, no "[...]" patterns
@@ -532,10 +548,10 @@ def _files_layer(config: Path | None) -> dict[str, object]:
                 merge_enabled=True,
             ).as_dict()
         except (AttributeError, TypeError) as exc:
-            raise ConfigError("--config", files[-1], f"{problem}: the top level must be a table of sections") from exc
+            raise ConfigError(source, files[-1], f"{problem}: the top level must be a table of sections") from exc
         except Exception as exc:  # every parser has its own exception types; all mean "cannot be read"
             message = " ".join(str(exc).split()) or type(exc).__name__
-            raise ConfigError("--config", files[-1], f"{problem}: {message}") from exc
+            raise ConfigError(source, files[-1], f"{problem}: {message}") from exc
     return _flatten(tree)
 
 
@@ -555,7 +571,7 @@ def _flatten(tree: Mapping[Any, Any], table_name: str = "") -> dict[str, object]
 def _environment_variable(variable: str, raw: str) -> dict[str, object]:
     """RXSTREAMER_SECTION__KEY as a setting. RXSTREAMER_NAME without ``__`` is left to wrapper scripts, unless
     it is RXSTREAMER_SECTION_KEY: that looks meant, and would silently do nothing."""
-    if not variable.startswith(ENV_PREFIX):
+    if not variable.startswith(ENV_PREFIX) or variable == ENV_CONFIG:
         return {}
     name = variable.removeprefix(ENV_PREFIX).lower().replace(ENV_NESTING, ".")
     if "." not in name and name not in TABLES:

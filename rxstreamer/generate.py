@@ -251,7 +251,7 @@ def scrapes_for_rows(rows: int, *, hosts: int, gpus: int) -> int:
 
 
 def generate_file(
-    path: Path | str,
+    path: Path | str | TextIO,
     *,
     hosts: int,
     gpus: int,
@@ -264,7 +264,9 @@ def generate_file(
     """Write a DCGM CSV to ``path`` and return the number of data rows written.
 
     ``rows`` caps the output; without ``scrapes`` it also decides how many scrapes to simulate, which is
-    how benchmark files of an exact size are made. One of the two must be given.
+    how benchmark files of an exact size are made. One of the two must be given. ``path`` may be an open text
+    stream (``generate -o -`` passes standard output), written to and left open: piping into another tool
+    should not need a temporary file.
     """
     _check_counts(rows=rows)
     if scrapes is None:
@@ -276,5 +278,9 @@ def generate_file(
     )
     if rows is not None:
         records = islice(records, rows)
+    if not isinstance(path, Path | str):
+        written = write_csv(path, records)
+        path.flush()
+        return written
     with open(path, "w", encoding="utf-8", newline="") as out:
         return write_csv(out, records)

@@ -32,11 +32,12 @@ from rxstreamer.checkpoint import (
 from rxstreamer.config import ConfigError, Settings, require_readable_file, settings_summary
 from rxstreamer.counts import Counts, PipelineCounters, RunCounts
 from rxstreamer.encoding import BatchEncoder
-from rxstreamer.model import EncodedBatch, PublishAck, Rejection
+from rxstreamer.model import PublishAck, Rejection
 from rxstreamer.operators import Operator
 from rxstreamer.pipeline import build_pipeline, load_transforms
 from rxstreamer.quarantine import Quarantine, RejectionReporter
-from rxstreamer.retry import PublishError, RetryPolicy
+from rxstreamer.queue_status import QueueStatus
+from rxstreamer.retry import RetryPolicy
 from rxstreamer.sinks import Sink, SinkAddressError, SinkOptions, open_sink, split_address
 from rxstreamer.sources import Source, format_of, open_source
 
@@ -164,28 +165,6 @@ def _each(*listeners: Callable[[PublishAck], None] | None) -> Callable[[PublishA
     return tell_each
 
 
-class _ConnectionWatch:
-    """Logs when the queue becomes unreachable and when it is back: once each, not per reconnect try."""
-
-    def __init__(self, address: str) -> None:
-        self._address = address
-        self._reachable: bool | None = None
-
-    def __call__(self, state: str) -> None:
-        if state == "READY":
-            reachable = True
-        elif state == "TRANSIENT_FAILURE":
-            reachable = False
-        else:
-            return  # IDLE, CONNECTING: on the way to one of the two
-        if reachable != self._reachable:
-            self._reachable = reachable
-            if reachable:
-                log.info("mq.connected", address=self._address)
-            else:
-                log.warning("mq.unreachable", address=self._address)
-
-
 def derive_producer_id(instance: str, metrics_path: Path, file: FileIdentity, batch_size: int) -> str:
     """A producer id that stays the same across restarts of the same stream, and only of the same stream.
 
@@ -198,18 +177,6 @@ def derive_producer_id(instance: str, metrics_path: Path, file: FileIdentity, ba
     two exports apart. (A file with no complete data line yet gets another id once it has one.)
     """
     return f"{instance or socket.gethostname()}:{metrics_path.name}:{file.head[:12]}:b{batch_size}"
-
-
-def _log_retry(batch: EncodedBatch, attempt: int, wait: float, error: BaseException) -> None:
-    status = error.status if isinstance(error, PublishError) else type(error).__name__
-    log.warning(
-        "publisher.retry_scheduled",
-        sequence=batch.sequence,
-        attempt=attempt,
-        wait_s=round(wait, 3),
-        status=status,
-        error=str(error),
-    )
 
 
 @dataclass(frozen=True)
@@ -362,13 +329,14 @@ def run_streamer(
     outcome = _Outcome(wake)
     pipeline_thread = _PipelineThread(outcome.on_error)
     scheduler = EventLoopScheduler(thread_factory=pipeline_thread)
+    status = QueueStatus(queue.address, alert_after=queue.unreachable_alert_after)
     sink = open_sink(
         queue.address,
         queue.topic,
         SinkOptions(
             timeout=queue.publish_timeout,
             scheduler=scheduler,
-            on_connectivity=_ConnectionWatch(queue.address),
+            on_connectivity=status.connectivity,
             background=queue.publish_in_background,
         ),
     )
@@ -392,14 +360,15 @@ def run_streamer(
         read_ahead=telemetry.read_ahead,
         transforms=plan.transforms,
         scheduler=scheduler,
-        on_retry=_log_retry,
-        on_ack=_each(_OffsetWatch(queue.address), plan.checkpointer),
+        on_retry=status.retry,
+        on_ack=_each(status.acked, _OffsetWatch(queue.address), plan.checkpointer),
         counters=counters,
     )
     counts = RunCounts(plan.rows, counters, sink)
     subscription = pipeline.subscribe(outcome.on_next, outcome.on_error, outcome.on_completed)
 
     while not wake.wait(settings.logging.progress_interval):
+        status.tick()
         _log_progress(plan, counts.now())
 
     reason: StopReason
@@ -407,6 +376,7 @@ def run_streamer(
         reason = "error" if outcome.error is not None else "completed"
     else:
         reason = "signal"
+        status.stopping = True  # the publish in flight may still fail: its retry is cancelled, not announced
         log.info(
             "streamer.stopping",
             signal=stop_signal() if stop_signal is not None else None,

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Any, TextIO
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -37,22 +37,81 @@ class TailOptions:
 
 
 _END = object()
+# The initial metadata rxstreamer.broker sends on Subscribe (not imported: tail runs without the broker extra).
+START_OFFSET_METADATA = "start-offset"
+PROBE_TIMEOUT_S = 5.0  # a probe only adds a notice; a broker that does not answer it gets none
 
 
-def tail(options: TailOptions, out: TextIO) -> int:
-    """Print metrics until a stop condition; returns how many were printed."""
+@dataclass(frozen=True)
+class _Notice:
+    text: str
+
+
+def tail(options: TailOptions, out: TextIO, notify: Callable[[str], None] | None = None) -> int:
+    """Print metrics until a stop condition; returns how many were printed.
+
+    ``notify`` hears, once the subscription is in place, why nothing may come for a while: the topic holds
+    no messages, or the offset asked for is past its end. Otherwise a silent wait looks like a hang.
+    """
     channel = grpc.insecure_channel(options.address)
     try:
-        call = mq_pb2_grpc.MessageQueueStub(channel).Subscribe(_request(options))
+        stub = mq_pb2_grpc.MessageQueueStub(channel)
+        call = stub.Subscribe(_request(options))
         received: queue.Queue[object] = queue.Queue(maxsize=64)
-        reader = threading.Thread(target=_pump, args=(call, received), daemon=True, name="tail-reader")
+        explain = (lambda: _why_waiting(stub, call, options)) if notify else (lambda: None)
+        reader = threading.Thread(target=_pump, args=(call, received, explain), daemon=True, name="tail-reader")
         reader.start()
         try:
-            return _print_until_done(received, options, out)
+            return _print_until_done(received, options, out, notify)
         finally:
             call.cancel()
     finally:
         channel.close()
+
+
+def _why_waiting(stub: mq_pb2_grpc.MessageQueueStub, call: Any, options: TailOptions) -> str | None:
+    """Why nothing may arrive soon, from the start offsets the broker announces, or None.
+
+    The broker creates a topic on first use, so a topic that does not exist and one that holds nothing
+    look the same from here: both "hold no messages". The offsets are read with two short probing
+    subscriptions (EARLIEST and LATEST) besides the real one. Those reads are not one atomic look: a message
+    published in between can hide the notice, or outdate it by that message, which tail then prints anyway.
+    """
+    start = _start_offset(call)
+    if start is None:  # the call failed (reported as such) or the broker does not announce offsets
+        return None
+    latest = options.from_offset is None and not options.from_beginning
+    first = start if options.from_beginning else _probe(stub, options.topic, mq_pb2.START_POSITION_EARLIEST)
+    following = start if latest else _probe(stub, options.topic, mq_pb2.START_POSITION_LATEST)
+    if first is None or following is None:
+        return None
+    topic = options.topic
+    if options.from_offset is not None and options.from_offset > following:
+        where = f"offset {options.from_offset} is past the end of topic {topic!r} (next offset {following})"
+        return f"{where}; waiting for new messages"
+    if first == following:
+        return f"topic {topic!r} holds no messages yet; waiting"
+    return None
+
+
+def _probe(stub: mq_pb2_grpc.MessageQueueStub, topic: str, start: mq_pb2.StartPosition.ValueType) -> int | None:
+    call = stub.Subscribe(mq_pb2.SubscribeRequest(topic=topic, start=start), timeout=PROBE_TIMEOUT_S)
+    try:
+        return _start_offset(call)
+    finally:
+        call.cancel()
+
+
+def _start_offset(call: Any) -> int | None:
+    """The ``start-offset`` the broker sent first; None when the call failed before or sent none."""
+    try:
+        metadata = call.initial_metadata() or ()
+    except grpc.RpcError:
+        return None
+    for key, value in metadata:
+        if key == START_OFFSET_METADATA and str(value).isdigit():
+            return int(value)
+    return None
 
 
 def _request(options: TailOptions) -> mq_pb2.SubscribeRequest:
@@ -64,7 +123,10 @@ def _request(options: TailOptions) -> mq_pb2.SubscribeRequest:
     return mq_pb2.SubscribeRequest(topic=options.topic, start=start)
 
 
-def _pump(call: Iterator[mq_pb2.Message], received: queue.Queue[object]) -> None:
+def _pump(call: Iterator[mq_pb2.Message], received: queue.Queue[object], explain: Callable[[], str | None]) -> None:
+    notice = explain()
+    if notice is not None:
+        received.put(_Notice(notice))
     try:
         for message in call:
             received.put(message)
@@ -73,7 +135,9 @@ def _pump(call: Iterator[mq_pb2.Message], received: queue.Queue[object]) -> None
     received.put(_END)
 
 
-def _print_until_done(received: queue.Queue[object], options: TailOptions, out: TextIO) -> int:
+def _print_until_done(
+    received: queue.Queue[object], options: TailOptions, out: TextIO, notify: Callable[[str], None] | None
+) -> int:
     printed = 0
     while options.count is None or printed < options.count:
         try:
@@ -82,6 +146,10 @@ def _print_until_done(received: queue.Queue[object], options: TailOptions, out: 
             break  # idle: nothing more is coming soon
         if item is _END:
             break
+        if isinstance(item, _Notice):
+            if notify is not None:
+                notify(item.text)
+            continue
         if isinstance(item, grpc.RpcError):
             if isinstance(item, grpc.Call) and item.code() == grpc.StatusCode.CANCELLED:
                 break

@@ -335,9 +335,7 @@ def test_environment_inline_table_merges_deeply() -> None:
 
 def test_unrelated_environment_variables_are_ignored() -> None:
     """Variables without the prefix, or with it but naming no section, do not affect settings."""
-    settings = load_settings(
-        environ={"TELEMETRY__BATCH_SIZE": "5", "RXSTREAMER_CONFIG": "/etc/x.toml", "BATCH_SIZE": "3"}
-    )
+    settings = load_settings(environ={"TELEMETRY__BATCH_SIZE": "5", "RXSTREAMER_HOME": "/opt/x", "BATCH_SIZE": "3"})
     assert settings == load_settings(environ={})
 
 
@@ -832,3 +830,35 @@ def test_summary_lists_the_new_settings_as_given() -> None:
     overrides = {"telemetry.format": "csv", "message_queue.address": "grpc://q:1"}
     summary = settings_summary(load_settings(overrides=overrides, environ={}))
     assert (summary["telemetry.format"], summary["message_queue.address"]) == ("csv", "grpc://q:1")
+
+
+# --- RXSTREAMER_CONFIG ----------------------------------------------------------------------------------
+
+
+def test_rxstreamer_config_is_the_config_file(tmp_path: Path) -> None:
+    """RXSTREAMER_CONFIG=FILE layers FILE like --config FILE; other variables still override it."""
+    path = tmp_path / "over.toml"
+    path.write_text("[telemetry]\nbatch_size = 12\nloop = true\n", encoding="utf-8")
+    environ = {"RXSTREAMER_CONFIG": str(path), "RXSTREAMER_TELEMETRY__BATCH_SIZE": "13"}
+    telemetry = load_settings(environ=environ).telemetry
+    assert (telemetry.batch_size, telemetry.loop) == (13, True)
+
+
+def test_a_given_config_file_wins_over_rxstreamer_config(tmp_path: Path) -> None:
+    """With both, the file given (the --config flag) is read and the variable's is not, even a missing one."""
+    path = tmp_path / "given.toml"
+    path.write_text("[telemetry]\nbatch_size = 21\n", encoding="utf-8")
+    environ = {"RXSTREAMER_CONFIG": str(tmp_path / "missing.toml")}
+    assert load_settings(path, environ=environ).telemetry.batch_size == 21
+
+
+def test_an_empty_rxstreamer_config_means_none() -> None:
+    """`RXSTREAMER_CONFIG=` (how shells unset a variable for one command) reads the defaults only."""
+    assert load_settings(environ={"RXSTREAMER_CONFIG": " "}) == load_settings(environ={})
+
+
+def test_a_missing_rxstreamer_config_file_is_named_by_the_variable(tmp_path: Path) -> None:
+    """The error names RXSTREAMER_CONFIG, not --config, so the user looks in the environment."""
+    missing = tmp_path / "missing.yaml"
+    error = _error(environ={"RXSTREAMER_CONFIG": str(missing)})
+    assert str(error) == f"RXSTREAMER_CONFIG = '{missing}': file not found"

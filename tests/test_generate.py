@@ -307,3 +307,13 @@ def test_parser_on_real_header_maps_columns(real_csv: Path) -> None:
     assert first.model_name == "NVIDIA H100 80GB HBM3"
     assert first.hostname == first.labels["Hostname"]
     assert first.uuid == first.labels["UUID"]
+
+
+def test_generate_file_writes_to_an_open_stream(tmp_path: Path) -> None:
+    """A text stream (what `generate -o -` passes) gets exactly the file's bytes and is left open."""
+    path = tmp_path / "rows.csv"
+    stream = io.StringIO()
+    assert generate_file(stream, hosts=1, gpus=2, scrapes=1, seed=5) == 20
+    assert generate_file(path, hosts=1, gpus=2, scrapes=1, seed=5) == 20
+    assert not stream.closed
+    assert stream.getvalue() == path.read_text(encoding="utf-8")

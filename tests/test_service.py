@@ -1,24 +1,11 @@
-"""The service's small decisions: connection-state logging and the default producer id."""
+"""The service's small decisions: the default producer id."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from structlog.testing import capture_logs
-
 from rxstreamer.checkpoint import FileIdentity
-from rxstreamer.service import _ConnectionWatch, derive_producer_id
-
-
-def test_connection_changes_are_logged_once_each_not_per_reconnect_attempt() -> None:
-    """Flapping between CONNECTING and TRANSIENT_FAILURE logs one mq.unreachable; READY logs one mq.connected."""
-    watch = _ConnectionWatch("127.0.0.1:1")
-    states = ["IDLE", "CONNECTING", "READY", "IDLE", "CONNECTING", "TRANSIENT_FAILURE", "CONNECTING"]
-    states += ["TRANSIENT_FAILURE", "CONNECTING", "TRANSIENT_FAILURE", "CONNECTING", "READY", "READY"]
-    with capture_logs() as logs:
-        for state in states:
-            watch(state)
-    assert [entry["event"] for entry in logs] == ["mq.connected", "mq.unreachable", "mq.connected"]
+from rxstreamer.service import derive_producer_id
 
 
 def test_the_default_producer_id_follows_the_stream_not_the_run(tmp_path: Path) -> None:

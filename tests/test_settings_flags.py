@@ -7,7 +7,7 @@ import pytest
 from rxstreamer.cli import _parser, _settings
 from rxstreamer.config import DECLARATIONS
 
-# Every setting flag the CLI had before the flags were generated, and the new --format.
+# Every setting flag the CLI had before the flags were generated, and the new --format and --log-level.
 FLAGS: list[tuple[str, str, str]] = [
     ("run", "--metrics-path", "telemetry.metrics_path"),
     ("run", "--batch-size", "telemetry.batch_size"),
@@ -35,6 +35,9 @@ FLAGS: list[tuple[str, str, str]] = [
     ("tail", "--log-format", "logging.format"),
     ("validate", "--format", "telemetry.format"),
     ("validate", "--log-format", "logging.format"),
+    ("run", "--log-level", "logging.level"),
+    ("mq", "--log-level", "logging.level"),
+    ("tail", "--log-level", "logging.level"),
 ]
 
 

@@ -84,7 +84,10 @@ def test_the_real_dcgm_file_round_trips(real_csv: Path) -> None:
 def test_a_broker_that_starts_late_still_receives_everything() -> None:
     """A streamer started before the broker, already retrying, keeps retrying until it is up and loses nothing."""
     port = free_port()
-    streamer = start_watched_streamer("--mq-address", f"127.0.0.1:{port}", "--interval", "0", "--batch-size", "100")
+    streamer = start_watched_streamer(
+        "--mq-address", f"127.0.0.1:{port}", "--interval", "0", "--batch-size", "100",
+        settings={"RXSTREAMER_LOGGING__LEVEL": "debug"},  # a retry while the queue is down is a debug line
+    )  # fmt: skip
     # The scenario itself: the queue is down when the streamer starts, and it has tried and failed twice.
     streamer.wait_for_event("publisher.retry_scheduled", count=2)
     with broker_process(port=port) as broker:

@@ -55,12 +55,19 @@ def held(address: str) -> list[dict[str, Any]]:
     return read_topic(address, with_batch=True)
 
 
+#: Retries while the queue is down are counted, not logged one by one, but for a debug line each: the tests
+#: wait on those to know the streamer is retrying.
+DEBUG_LOGS = {"RXSTREAMER_LOGGING__LEVEL": "debug"}
+
+
 def test_a_broker_killed_mid_stream_and_restarted_loses_nothing(tmp_path: Path) -> None:
     """SIGKILL the durable broker mid-stream, restart it on its data dir: every row arrives exactly once."""
     port = free_port()
     data_dir = tmp_path / "mq"
     with broker_process("--data-dir", str(data_dir), port=port) as broker:
-        streamer = start_watched_streamer("--mq-address", broker.address, "--interval", "20ms", "--batch-size", "10")
+        streamer = start_watched_streamer(
+            "--mq-address", broker.address, "--interval", "20ms", "--batch-size", "10", settings=DEBUG_LOGS
+        )
         assert len(read_topic(broker.address, idle_timeout=20, count=200)) == 200
         broker.process.kill()
         broker.process.wait(timeout=10)
@@ -107,7 +114,7 @@ def test_sigterm_during_a_retry_backoff_exits_in_time_and_resumes_at_the_unackno
     data_dir = tmp_path / "mq"
     checkpoint = tmp_path / "stream.checkpoint"
     args = ("--interval", "20ms", "--batch-size", "10", "--checkpoint-path", str(checkpoint))
-    settings = {"RXSTREAMER_SHUTDOWN__TIMEOUT": "3s"}
+    settings = {"RXSTREAMER_SHUTDOWN__TIMEOUT": "3s", **DEBUG_LOGS}
     with broker_process("--data-dir", str(data_dir), port=port) as broker:
         streamer = start_watched_streamer("--mq-address", broker.address, *args, settings=settings)
         assert len(read_topic(broker.address, idle_timeout=20, count=100)) == 100
