@@ -57,8 +57,9 @@ def configure_logging(format: str = "auto", level: str = "info", stream: TextIO 
     ]
     renderer: list[Processor]
     if console:
-        # ConsoleRenderer formats exc_info itself (and warns when format_exc_info ran before it).
-        renderer = [structlog.dev.ConsoleRenderer(colors=is_tty)]
+        # ConsoleRenderer formats exc_info itself (and warns when format_exc_info ran before it). Keys stay in
+        # the order the code passed them (reason, then counts, ...) instead of being sorted alphabetically.
+        renderer = [structlog.dev.ConsoleRenderer(colors=is_tty, sort_keys=False)]
     else:
         renderer = [
             structlog.processors.format_exc_info,

@@ -341,7 +341,14 @@ def run_streamer(
         ),
     )
     # Logged once the sink is open (its module imported, its channel made): from here on, time is streaming.
-    log.info("streamer.started", producer_id=plan.encoder.producer_id, **settings_summary(settings))
+    log.info("streamer.started", **started_fields(settings, plan.encoder.producer_id))
+    log.debug("streamer.settings", **settings_summary(settings))
+    if telemetry.loop and telemetry.timestamps == "original":
+        log.warning(
+            "streamer.loop_repeats_timestamps",
+            meaning="each pass re-sends the file's own timestamps: downstream will see the same times repeated",
+            fix="--timestamps processing stamps rows with the time they are published",
+        )
     retry = RetryPolicy(
         initial_backoff=queue.retry.initial_backoff,
         max_backoff=queue.retry.max_backoff,
@@ -390,6 +397,33 @@ def run_streamer(
     summary = _summary(reason, counts.now(), time.monotonic() - started, outcome.error)
     _log_summary(summary, plan)
     return summary
+
+
+def started_fields(settings: Settings, producer_id: str) -> dict[str, object]:
+    """What ``streamer.started`` shows: the settings this command uses, most telling first.
+
+    The source, then where it goes and as whom, then how; optional features only when on. The broker's
+    settings (and every other one) are in the ``streamer.settings`` line, at debug level.
+    """
+    telemetry, shown = settings.telemetry, settings_summary(settings)
+    names = [
+        "telemetry.metrics_path",
+        "telemetry.format",
+        "message_queue.address",
+        "message_queue.topic",
+        "producer_id",
+        "telemetry.batch_size",
+        "telemetry.stream_interval",
+        "telemetry.loop",
+        "telemetry.timestamps",
+    ]
+    if telemetry.checkpoint_path is not None:
+        names.append("telemetry.checkpoint_path")
+    if telemetry.rejected_path is not None:
+        names.append("telemetry.rejected_path")
+    if telemetry.read_ahead != 0:
+        names.append("telemetry.read_ahead")
+    return {name: producer_id if name == "producer_id" else shown[name] for name in names}
 
 
 def _log_progress(plan: _Plan, counts: Counts) -> None:

@@ -190,3 +190,23 @@ def test_invalid_format_or_level(fmt: str, level: str) -> None:
     """Unknown formats and levels are refused instead of silently logging everything or nothing."""
     with pytest.raises(ValueError, match="must be one of"):
         configure_logging(fmt, level, io.StringIO())
+
+
+def test_console_keeps_the_keys_in_the_order_given() -> None:
+    """The console line shows the event, then the keys as the code passed them, not sorted alphabetically."""
+    stream = io.StringIO()
+    configure_logging("console", "info", stream)
+    structlog.get_logger().info("streamer.stopped", reason="signal", rows_read=30, batches_published=3, duration_s=1.5)
+    text = stream.getvalue()
+    parts = ("streamer.stopped", "reason=", "rows_read=", "batches_published=", "duration_s=")
+    positions = [text.index(part) for part in parts]
+    assert positions == sorted(positions)  # sorted keys would read batches_published, duration_s, reason, ...
+
+
+def test_json_keeps_the_keys_in_the_order_given() -> None:
+    """After timestamp, level and event, a JSON line keeps the keys in the order the code passed them."""
+    stream = io.StringIO()
+    configure_logging("json", "info", stream)
+    structlog.get_logger().info("streamer.stopped", reason="signal", rows_read=30, batches_published=3, duration_s=1.5)
+    (line,) = _lines(stream)
+    assert list(line) == ["timestamp", "level", "event", "reason", "rows_read", "batches_published", "duration_s"]
