@@ -1,18 +1,21 @@
 """The command line: ``python -m rxstreamer [run|mq|tail|generate] ...``.
 
 Every failure a user can cause (a bad setting, a missing file, a broker that cannot bind) ends here as
-one line on stderr and exit status 2 (usage) or 1 (runtime), never a traceback.
+one line on stderr and exit status 2 (usage) or 1 (runtime), never a traceback. With JSON logs
+(``--log-format json``, ``logging.format = "json"``, ``RXSTREAMER_LOGGING__FORMAT=json``) that line is a JSON
+object too (``cli.invalid_setting``, ``cli.invalid_input``, ``cli.failed``), so a log shipper parses it.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from rxstreamer.config import DECLARATIONS, ConfigError, Settings, load_settings
+from rxstreamer.config import DECLARATIONS, ENV_NESTING, ENV_PREFIX, ConfigError, Settings, load_settings
 from rxstreamer.durations import parse_duration
 from rxstreamer.signals import install_process_watch
 
@@ -20,6 +23,24 @@ EXIT_USAGE = 2
 EXIT_FAILURE = 1
 COMMANDS = ("run", "mq", "tail", "generate", "validate")
 LONG_RUNNING = ("run", "mq")  # the commands that stop gracefully on SIGINT/SIGTERM and ignore SIGHUP
+_LOG_FORMAT = "logging.format"
+_LOG_FORMAT_VARIABLE = ENV_PREFIX + _LOG_FORMAT.replace(".", ENV_NESTING).upper()  # RXSTREAMER_LOGGING__FORMAT
+
+
+class _ErrorFormat:
+    """How _fail writes: ``logging.format`` once the settings loaded; before that (or when they cannot load)
+    the --log-format flag, else RXSTREAMER_LOGGING__FORMAT, so that a bad setting is reported as JSON too."""
+
+    format: str | None = None
+
+    @classmethod
+    def guess(cls, args: argparse.Namespace) -> None:
+        flag = getattr(args, _LOG_FORMAT, None)
+        cls.format = flag if flag is not None else os.environ.get(_LOG_FORMAT_VARIABLE)
+
+    @classmethod
+    def is_json(cls) -> bool:
+        return cls.format is not None and str(cls.format).strip().lower() == "json"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -29,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args_list or args_list[0] not in (*COMMANDS, "-h", "--help", "--version"):
         args_list.insert(0, "run")  # `rxstreamer --batch-size 5` means `rxstreamer run --batch-size 5`
     args = _parser().parse_args(args_list)
+    _ErrorFormat.guess(args)
     if args.command not in LONG_RUNNING:
         stopped = watch.release()  # short commands keep Python's own handling of Ctrl-C and SIGTERM
         if stopped is not None:
@@ -37,19 +59,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler: Callable[[argparse.Namespace], int] = args.handler
         return handler(args)
     except ConfigError as error:
-        return _fail(f"invalid setting {error}", EXIT_USAGE)
+        return _fail(f"invalid setting {error}", EXIT_USAGE, "cli.invalid_setting", setting=error.setting)
     except KeyboardInterrupt:
         return 130
 
 
-def _fail(message: str, status: int) -> int:
-    print(f"rxstreamer: {message}", file=sys.stderr)
+def _fail(message: str, status: int, event: str = "cli.failed", **fields: object) -> int:
+    """Report an error that ends the command: ``rxstreamer: message`` on stderr, or with JSON logs one JSON
+    line there (``event``, ``error``: the message, ``exit_code`` and ``fields``). Returns ``status``."""
+    if _ErrorFormat.is_json():
+        _json_error_logger().error(event, error=message, exit_code=status, **fields)
+    else:
+        print(f"rxstreamer: {message}", file=sys.stderr)
     return status
+
+
+def _json_error_logger() -> Any:
+    """A logger writing JSON lines to stderr, shaped like rxstreamer.logs' (timestamp, level, event first),
+    that does not depend on, or change, the process's logging configuration (it may not be made yet)."""
+    import structlog
+
+    def leading_keys_first(_logger: Any, _method: str, event_dict: Any) -> Any:
+        first = ("timestamp", "level", "event")
+        return {**{key: event_dict[key] for key in first if key in event_dict}, **event_dict}
+
+    return structlog.wrap_logger(
+        structlog.PrintLogger(sys.stderr),
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+            leading_keys_first,
+            structlog.processors.JSONRenderer(default=str),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(0),
+    )
 
 
 def _settings(args: argparse.Namespace) -> Settings:
     """Settings with every setting flag given on the command line (each flag's dest is its setting's name)."""
-    return load_settings(args.config, overrides={name: getattr(args, name, None) for name in DECLARATIONS})
+    settings = load_settings(args.config, overrides={name: getattr(args, name, None) for name in DECLARATIONS})
+    _ErrorFormat.format = settings.logging.format
+    return settings
 
 
 def _configure_logging(settings: Settings, stream: Any = None) -> None:
@@ -74,7 +124,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         summary = run_streamer(settings, stop=watch.stop, stop_signal=lambda: watch.stop_signal)
     except (SourceError, TransformError, CheckpointError) as error:
-        return _fail(str(error), EXIT_USAGE)
+        return _fail(str(error), EXIT_USAGE, "cli.invalid_input")
     return summary.exit_code
 
 
@@ -185,9 +235,15 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     from rxstreamer.sources import SourceError
-    from rxstreamer.validate import render_json, render_text, validate_file
+    from rxstreamer.validate import render_error_json, render_json, render_text, validate_file
 
-    settings = _settings(args)
+    try:
+        settings = _settings(args)
+    except ConfigError as error:
+        if not args.json:
+            raise  # main reports it, as for every command
+        print(render_error_json(args.file, f"invalid setting {error}", EXIT_USAGE), end="")
+        return EXIT_USAGE
     try:
         report = validate_file(
             args.file,
@@ -196,7 +252,10 @@ def _validate(args: argparse.Namespace) -> int:
             format=settings.telemetry.format,
         )
     except SourceError as error:
-        return _fail(str(error), EXIT_USAGE)
+        if args.json:  # --json always answers with JSON, on stdout where the report goes
+            print(render_error_json(args.file, str(error), EXIT_USAGE), end="")
+            return EXIT_USAGE
+        return _fail(str(error), EXIT_USAGE, "cli.invalid_input")
     print(render_json(report) if args.json else render_text(report))
     return report.exit_code
 

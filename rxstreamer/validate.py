@@ -21,7 +21,7 @@ from rxstreamer.model import Rejection
 from rxstreamer.parsing import SENTINEL_LABEL, SentinelMode
 from rxstreamer.sources import AUTO, DEFAULT_MAX_FIELD_SIZE, open_source
 
-__all__ = ["Example", "ValidationReport", "render_json", "render_text", "validate_file"]
+__all__ = ["Example", "ValidationReport", "render_error_json", "render_json", "render_text", "validate_file"]
 
 # How much of a rejected record the text report shows; the JSON report carries Rejection.raw as it is.
 _TEXT_RAW_CHARS = 120
@@ -197,3 +197,9 @@ def render_json(report: ValidationReport) -> str:
         "notes": report.notes,
     }
     return json.dumps(document, indent=2) + "\n"
+
+
+def render_error_json(path: Path | str, error: str, exit_code: int) -> str:
+    """``validate --json`` when there is no report (the file cannot be read, a setting is bad): still one JSON
+    object, with the ``path``, the ``error`` and the ``exit_code`` the command exits with."""
+    return json.dumps({"path": str(path), "exit_code": exit_code, "error": error}, indent=2) + "\n"

@@ -55,14 +55,17 @@ def position_after(path: Path, rows: int) -> Position:
 
 
 def stops_before_starting(finished: Any) -> str:
-    """Exit status 2, exactly one line on stderr and no stream started: that line."""
+    """Exit status 2, exactly one line on stderr and no stream started: that line's message, as the console
+    shows it (the streamer runs with JSON logs, so the line is a JSON object: cli.py's ``_fail``)."""
     assert finished.returncode == 2, (finished.stdout, finished.stderr)
     assert "Traceback" not in finished.stderr
     lines = finished.stderr.splitlines()
     assert len(lines) == 1, finished.stderr
     assert all(line.get("event") != "streamer.started" for line in finished.lines)
-    message: str = lines[0]
-    return message
+    error = json.loads(lines[0])
+    assert (error["level"], error["exit_code"]) == ("error", 2), error
+    assert error["event"].startswith("cli."), error
+    return f"rxstreamer: {error['error']}"
 
 
 # Checkpoints that lie
