@@ -208,6 +208,19 @@ def catches(pid: int, signum: int) -> bool:
     return False
 
 
+def signal_once_caught(process: subprocess.Popen[str], signum: int, timeout: float = START_TIMEOUT) -> None:
+    """Send ``signum`` the moment the process has a handler for it (polled from /proc every millisecond).
+
+    That is the earliest a signal can be a request rather than the default action: what start-up tests aim at.
+    """
+    deadline = time.monotonic() + timeout
+    while not catches(process.pid, signum):
+        assert process.poll() is None, f"process {process.pid} exited before it caught signal {signum}"
+        assert time.monotonic() < deadline, f"process {process.pid} caught no signal {signum} in {timeout}s"
+        time.sleep(0.001)
+    process.send_signal(signum)
+
+
 def process_state(pid: int) -> str:
     """The one-letter state of a process from /proc (R running, S sleeping, T stopped, Z zombie...)."""
     stat = Path(f"/proc/{pid}/stat").read_text()

@@ -18,6 +18,7 @@ from tests.processes import (
     free_port,
     freeze,
     rxstreamer_command,
+    signal_once_caught,
     thaw,
     watch,
 )
@@ -67,12 +68,7 @@ def test_sigterm_as_soon_as_the_handler_exists_is_a_clean_stop() -> None:
     """SIGTERM sent the moment the process can catch it (before grpc is even imported): exit 0, reason signal."""
     streamer = spawn("run", "--log-format", "json", "--mq-address", "127.0.0.1:1")
     try:
-        deadline = time.monotonic() + TIMEOUT
-        while not catches(streamer.process.pid, signal.SIGTERM):
-            assert streamer.process.poll() is None, "".join(streamer.stderr_lines)
-            assert time.monotonic() < deadline, "the streamer never installed a SIGTERM handler"
-            time.sleep(0.001)
-        streamer.process.send_signal(signal.SIGTERM)
+        signal_once_caught(streamer.process, signal.SIGTERM)
         finished = streamer.finish(timeout=TIMEOUT)
         assert finished.returncode == 0, finished.stderr
         assert event(finished.lines, "streamer.stopping")["signal"] == "SIGTERM"

@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rxstreamer.proto import mq_pb2, mq_pb2_grpc
 from tests.broker.test_server import RPC_TIMEOUT, publish, take
-from tests.processes import REPO_ROOT, catches, child_env, end_process, rxstreamer_command
+from tests.processes import REPO_ROOT, child_env, end_process, rxstreamer_command, signal_once_caught
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -250,12 +250,7 @@ def test_sigterm_while_the_broker_is_starting_is_a_clean_stop(
     """
     os.mkfifo(tmp_path / ".write-probe")
     broker = brokers("--data-dir", str(tmp_path))
-    deadline = time.monotonic() + START_TIMEOUT
-    while not catches(broker.process.pid, signal.SIGTERM):
-        assert broker.process.poll() is None, "the broker exited before it installed its handlers"
-        assert time.monotonic() < deadline, "no SIGTERM handler while the broker was starting"
-        threading.Event().wait(0.001)
-    broker.process.send_signal(signal.SIGTERM)
+    signal_once_caught(broker.process, signal.SIGTERM)
     probe = os.open(tmp_path / ".write-probe", os.O_RDONLY | os.O_NONBLOCK)  # lets the start go on
     try:
         assert broker.process.wait(START_TIMEOUT) == 0

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,7 +21,7 @@ from rxstreamer.broker import Broker, BrokerError, BrokerOptions, MessageQueueSe
 from rxstreamer.broker.database import DATABASE_FILE, Database
 from rxstreamer.proto import mq_pb2, mq_pb2_grpc
 from tests.broker.test_server import RPC_TIMEOUT, _Lines, publish, subscribe, take
-from tests.processes import catches, end_process
+from tests.processes import end_process, signal_once_caught
 
 pytestmark = pytest.mark.integration
 
@@ -158,12 +157,7 @@ def test_sigterm_while_recovering_is_a_clean_stop(tmp_path: Path, processes: lis
     os.mkfifo(tmp_path / ".write-probe")
     broker = BrokerProcess(tmp_path)
     processes.append(broker)
-    deadline = time.monotonic() + START_TIMEOUT
-    while not catches(broker.process.pid, signal.SIGTERM):
-        assert broker.process.poll() is None, "the broker exited before it had a SIGTERM handler"
-        assert time.monotonic() < deadline, "no SIGTERM handler while the broker was starting"
-        threading.Event().wait(0.001)
-    broker.process.send_signal(signal.SIGTERM)
+    signal_once_caught(broker.process, signal.SIGTERM)
     probe = os.open(tmp_path / ".write-probe", os.O_RDONLY | os.O_NONBLOCK)  # lets the start go on
     try:
         assert broker.process.wait(START_TIMEOUT) == 0
