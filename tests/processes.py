@@ -42,6 +42,21 @@ def child_env() -> dict[str, str]:
     return env
 
 
+def run_command(
+    *args: str, env: dict[str, str] | None = None, cwd: Path = REPO_ROOT
+) -> subprocess.CompletedProcess[str]:
+    """``python -m rxstreamer ARGS`` to its end (at most a minute), without the developer's RXSTREAMER_ variables."""
+    return subprocess.run(
+        rxstreamer_command(*args),
+        check=False,
+        capture_output=True,
+        text=True,
+        env={**child_env(), **(env or {})},
+        cwd=cwd,
+        timeout=60,
+    )
+
+
 def free_port() -> int:
     """A port that was free a moment ago on 127.0.0.1 (for a broker that must start later, on purpose)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:

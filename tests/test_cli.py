@@ -9,22 +9,9 @@ from pathlib import Path
 import pytest
 
 from rxstreamer import cli
-from tests.processes import REPO_ROOT, broker_process, child_env, json_lines, rxstreamer_command
+from tests.processes import REPO_ROOT, broker_process, child_env, json_lines, run_command, rxstreamer_command
 
 VERSION = "0.1.0"  # what pyproject.toml declares; a release bumps both
-
-
-def rxstreamer(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """``python -m rxstreamer ARGS`` from the repository root, without the developer's RXSTREAMER_ variables."""
-    return subprocess.run(
-        rxstreamer_command(*args),
-        check=False,
-        capture_output=True,
-        text=True,
-        env={**child_env(), **(env or {})},
-        cwd=REPO_ROOT,
-        timeout=60,
-    )
 
 
 # --- --version ----------------------------------------------------------------------------------------
@@ -33,7 +20,7 @@ def rxstreamer(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
 @pytest.mark.parametrize("command", [[], ["run"], ["mq"], ["tail"], ["validate"], ["generate"]])
 def test_every_command_prints_the_version(command: list[str]) -> None:
     """`--version` answers on stdout and exits 0, also where the command has required arguments."""
-    finished = rxstreamer(*command, "--version")
+    finished = run_command(*command, "--version")
     assert (finished.returncode, finished.stdout, finished.stderr) == (0, f"rxstreamer {VERSION}\n", "")
 
 
@@ -58,7 +45,7 @@ def test_without_installed_metadata_the_version_comes_from_pyproject(monkeypatch
 @pytest.mark.parametrize("command", ["run", "mq", "tail"])
 def test_log_level_is_checked_like_the_setting(command: str) -> None:
     """--log-level is logging.level: a bad value is the setting's one-line error, exit 2."""
-    finished = rxstreamer(command, "--log-level", "loud")
+    finished = run_command(command, "--log-level", "loud")
     assert finished.returncode == 2
     assert finished.stderr == (
         "rxstreamer: invalid setting logging.level = 'loud': must be one of: debug, info, warning, error\n"
@@ -69,11 +56,11 @@ def test_log_level_is_checked_like_the_setting(command: str) -> None:
 def test_log_level_warning_silences_the_info_lines(tmp_path: Path) -> None:
     """A clean run at --log-level warning logs nothing at all; at the default it logs its start and stop."""
     csv = tmp_path / "small.csv"
-    assert rxstreamer("generate", "-o", str(csv), "--rows", "20").returncode == 0
+    assert run_command("generate", "-o", str(csv), "--rows", "20").returncode == 0
     with broker_process() as broker:
         stream = ["run", "--mq-address", broker.address, "--metrics-path", str(csv), "--interval", "0s"]
-        quiet = rxstreamer(*stream, "--log-format", "json", "--log-level", "warning")
-        usual = rxstreamer(*stream, "--log-format", "json")
+        quiet = run_command(*stream, "--log-format", "json", "--log-level", "warning")
+        usual = run_command(*stream, "--log-format", "json")
     assert (quiet.returncode, json_lines(quiet.stdout + quiet.stderr)) == (0, [])
     events = [line["event"] for line in json_lines(usual.stdout + usual.stderr)]
     assert usual.returncode == 0
@@ -87,7 +74,7 @@ def test_log_level_warning_silences_the_info_lines(tmp_path: Path) -> None:
 def files(tmp_path: Path) -> dict[str, str]:
     """A small CSV, a config that breaks validate, and one that is fine."""
     csv = tmp_path / "small.csv"
-    assert rxstreamer("generate", "-o", str(csv), "--rows", "5").returncode == 0
+    assert run_command("generate", "-o", str(csv), "--rows", "5").returncode == 0
     bad, good = tmp_path / "bad.toml", tmp_path / "good.toml"
     bad.write_text('[telemetry]\nformat = "xml"\n', encoding="utf-8")
     good.write_text('[telemetry]\nformat = "csv"\n', encoding="utf-8")
@@ -96,7 +83,7 @@ def files(tmp_path: Path) -> dict[str, str]:
 
 def test_rxstreamer_config_names_the_config_file(files: dict[str, str]) -> None:
     """RXSTREAMER_CONFIG=FILE is read like --config FILE: its value is used (here, refused)."""
-    finished = rxstreamer("validate", files["csv"], env={"RXSTREAMER_CONFIG": files["bad"]})
+    finished = run_command("validate", files["csv"], env={"RXSTREAMER_CONFIG": files["bad"]})
     assert finished.returncode == 2
     assert finished.stderr == "rxstreamer: invalid setting telemetry.format = 'xml': must be one of: auto, csv\n"
 
@@ -104,13 +91,13 @@ def test_rxstreamer_config_names_the_config_file(files: dict[str, str]) -> None:
 def test_the_config_flag_wins_over_rxstreamer_config(files: dict[str, str]) -> None:
     """With both, --config is read and RXSTREAMER_CONFIG is not (even when it names no file)."""
     for env_file in (files["bad"], files["missing"]):
-        finished = rxstreamer("validate", files["csv"], "--config", files["good"], env={"RXSTREAMER_CONFIG": env_file})
+        finished = run_command("validate", files["csv"], "--config", files["good"], env={"RXSTREAMER_CONFIG": env_file})
         assert (finished.returncode, finished.stderr) == (0, "")
 
 
 def test_a_missing_rxstreamer_config_file_is_named_by_the_variable(files: dict[str, str]) -> None:
     """The error says where the name came from, so the user looks at the environment, not the command line."""
-    finished = rxstreamer("validate", files["csv"], env={"RXSTREAMER_CONFIG": files["missing"]})
+    finished = run_command("validate", files["csv"], env={"RXSTREAMER_CONFIG": files["missing"]})
     assert finished.returncode == 2
     assert finished.stderr == f"rxstreamer: invalid setting RXSTREAMER_CONFIG = '{files['missing']}': file not found\n"
 
@@ -121,8 +108,8 @@ def test_a_missing_rxstreamer_config_file_is_named_by_the_variable(files: dict[s
 def test_generate_to_standard_output(tmp_path: Path) -> None:
     """`-o -` writes the same CSV as to a file, on stdout; the summary stays on stderr."""
     to_file = tmp_path / "rows.csv"
-    assert rxstreamer("generate", "-o", str(to_file), "--rows", "7", "--seed", "3").returncode == 0
-    finished = rxstreamer("generate", "-o", "-", "--rows", "7", "--seed", "3")
+    assert run_command("generate", "-o", str(to_file), "--rows", "7", "--seed", "3").returncode == 0
+    finished = run_command("generate", "-o", "-", "--rows", "7", "--seed", "3")
     assert (finished.returncode, finished.stderr) == (0, "rxstreamer: wrote 7 rows to standard output\n")
     assert finished.stdout == to_file.read_text(encoding="utf-8")
     assert len(finished.stdout.splitlines()) == 8  # the header and 7 rows

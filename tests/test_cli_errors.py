@@ -4,29 +4,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.processes import REPO_ROOT, child_env, rxstreamer_command
+from tests.processes import run_command
 
 BAD_BATCH = "invalid setting telemetry.batch_size = 0: must be an integer >= 1"
-
-
-def rxstreamer(
-    *args: str, env: dict[str, str] | None = None, cwd: Path = REPO_ROOT
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        rxstreamer_command(*args),
-        check=False,
-        capture_output=True,
-        text=True,
-        env={**child_env(), **(env or {})},
-        cwd=cwd,
-        timeout=60,
-    )
 
 
 def only_json_line(text: str) -> dict[str, Any]:
@@ -47,7 +32,7 @@ def only_json_line(text: str) -> dict[str, Any]:
     ids=["flag", "environment"],
 )
 def test_a_bad_setting_is_one_json_line_with_json_logs(args: list[str], env: dict[str, str] | None) -> None:
-    finished = rxstreamer("run", *args, "--batch-size", "0", env=env)
+    finished = run_command("run", *args, "--batch-size", "0", env=env)
     assert (finished.returncode, finished.stdout) == (2, "")
     line = only_json_line(finished.stderr)
     assert list(line)[:3] == ["timestamp", "level", "event"]
@@ -63,7 +48,7 @@ def test_a_settings_file_asking_for_json_logs_gets_json_errors(tmp_path: Path) -
     config = tmp_path / "settings.toml"
     config.write_text('[logging]\nformat = "json"\n', encoding="utf-8")
     missing = tmp_path / "missing.csv"
-    finished = rxstreamer("validate", "--config", str(config), str(missing))
+    finished = run_command("validate", "--config", str(config), str(missing))
     line = only_json_line(finished.stderr)
     assert (finished.returncode, line["event"], line["exit_code"]) == (2, "cli.invalid_input", 2)
     assert str(missing) in line["error"]
@@ -71,19 +56,19 @@ def test_a_settings_file_asking_for_json_logs_gets_json_errors(tmp_path: Path) -
 
 @pytest.mark.parametrize("args", [[], ["--log-format", "console"], ["--log-format", "auto"]])
 def test_console_logs_keep_the_plain_line(args: list[str]) -> None:
-    finished = rxstreamer("run", *args, "--batch-size", "0")
+    finished = run_command("run", *args, "--batch-size", "0")
     assert (finished.returncode, finished.stdout, finished.stderr) == (2, "", f"rxstreamer: {BAD_BATCH}\n")
 
 
 def test_validate_json_reports_a_missing_file_in_json(tmp_path: Path) -> None:
-    finished = rxstreamer("validate", "--json", "missing.csv", cwd=tmp_path)
+    finished = run_command("validate", "--json", "missing.csv", cwd=tmp_path)
     assert (finished.returncode, finished.stderr) == (2, "")
     assert json.loads(finished.stdout) == {"path": "missing.csv", "exit_code": 2, "error": "missing.csv: no such file"}
 
 
 def test_validate_json_reports_a_file_that_is_not_a_csv_in_json(tmp_path: Path) -> None:
     (tmp_path / "notes.csv").write_text("hello world\n", encoding="utf-8")
-    finished = rxstreamer("validate", "--json", "notes.csv", cwd=tmp_path)
+    finished = run_command("validate", "--json", "notes.csv", cwd=tmp_path)
     assert (finished.returncode, finished.stderr) == (2, "")
     document = json.loads(finished.stdout)
     assert (document["path"], document["exit_code"]) == ("notes.csv", 2)
@@ -91,7 +76,7 @@ def test_validate_json_reports_a_file_that_is_not_a_csv_in_json(tmp_path: Path) 
 
 
 def test_validate_json_reports_a_bad_setting_in_json(tmp_path: Path) -> None:
-    finished = rxstreamer("validate", "--json", "--format", "xml", "metrics.csv", cwd=tmp_path)
+    finished = run_command("validate", "--json", "--format", "xml", "metrics.csv", cwd=tmp_path)
     assert (finished.returncode, finished.stderr) == (2, "")
     document = json.loads(finished.stdout)
     assert document == {
@@ -102,5 +87,5 @@ def test_validate_json_reports_a_bad_setting_in_json(tmp_path: Path) -> None:
 
 
 def test_validate_without_json_keeps_the_plain_line(tmp_path: Path) -> None:
-    finished = rxstreamer("validate", "missing.csv", cwd=tmp_path)
+    finished = run_command("validate", "missing.csv", cwd=tmp_path)
     assert (finished.returncode, finished.stdout, finished.stderr) == (2, "", "rxstreamer: missing.csv: no such file\n")
