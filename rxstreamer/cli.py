@@ -355,7 +355,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser, command: str) -> None:
-    """The flags of the settings declared for ``command`` (rxstreamer/config.py): each stores its value under
+    """The flags of the settings declared for ``command`` (rxstreamer/config/declared.py): each stores its value under
     the setting's dotted name, for _settings to pass on as an override; booleans get a --no- form."""
     for name, declaration in DECLARATIONS.items():
         if command not in declaration.commands:

@@ -1,4 +1,4 @@
-"""settings.toml and the README settings table say exactly what the declarations in rxstreamer/config.py say.
+"""settings.toml and the README settings table say exactly what the declarations in rxstreamer/config/declared.py say.
 
 Both are derived from the declarations; ``python -m tests.test_settings_files`` rewrites them after a change.
 """
@@ -15,7 +15,7 @@ SETTINGS_TOML = REPO_ROOT / "settings.toml"
 README = REPO_ROOT / "README.md"
 TABLE_HEADER = "| setting | default | flag | meaning |\n| --- | --- | --- | --- |\n"
 TOML_HEADER = """\
-# rxstreamer defaults, generated from the declarations in rxstreamer/config.py: edit those, then run
+# rxstreamer defaults, generated from the declarations in rxstreamer/config/declared.py: edit those, then run
 # `python -m tests.test_settings_files`. Override these with --config FILE (TOML, YAML or JSON), then environment
 # variables (RXSTREAMER_TELEMETRY__BATCH_SIZE=50), then command-line flags.
 # Durations accept "250ms", "1s", "2m", "1h" (or a number of seconds); sizes "64KiB", "1GiB" (or bytes).

@@ -1,0 +1,226 @@
+"""Every setting, declared once: its type, default, check, help and flag (see kinds.py for how).
+
+The CLI flags are generated from these declarations; settings.toml and the README settings table are derived
+from them and checked by tests/test_settings_files.py (``python -m tests.test_settings_files`` rewrites both).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, Literal
+
+from rxstreamer.config.kinds import (
+    BOOLEAN,
+    DURATION,
+    MULTIPLIER,
+    OPTIONAL_PATH,
+    PATH,
+    POSITIVE,
+    SIZE,
+    TEXT,
+    TOPIC,
+    TRANSFORMS,
+    Declaration,
+    choice,
+    host_port,
+    integer,
+    register,
+    setting,
+    table,
+)
+
+if TYPE_CHECKING:
+    from rxstreamer.encoding import TimestampMode
+    from rxstreamer.logs import LogFormat
+    from rxstreamer.parsing import SentinelMode
+
+MAX_BATCH_SIZE: Final = 1_000_000
+MAX_READ_AHEAD: Final = 16
+FsyncPolicy = Literal["always", "interval", "never"]  # here, not in rxstreamer.broker: importing that needs grpc
+
+
+@dataclass(frozen=True)
+class TelemetrySettings:
+    metrics_path: Path = setting(PATH, "./test-data/metrics.csv", "the DCGM CSV to stream", "--metrics-path")
+    format: str = setting(
+        choice("rxstreamer.sources:SOURCE_FORMATS"),
+        "auto",
+        "the input's format: `auto` picks it by the file's extension, `csv` is a DCGM exporter CSV",
+        "run validate --format",
+    )
+    stream_interval: float = setting(
+        DURATION, "1s", "time between batches; `0s` streams as fast as the queue accepts", "--interval"
+    )
+    batch_size: int = setting(integer(1, MAX_BATCH_SIZE), 10, "rows per batch", "--batch-size")
+    loop: bool = setting(BOOLEAN, False, "replay the file endlessly", "--loop")
+    timestamps: TimestampMode = setting(
+        choice("rxstreamer.encoding:TimestampMode"),
+        "original",
+        "`original` keeps the CSV time; `processing` stamps rows with the time they are published",
+        "--timestamps",
+    )
+    transforms: tuple[str, ...] = setting(
+        TRANSFORMS,
+        [],
+        'your operators between parsing and batching, `["package.module:function", ...]` (see Using it as a '
+        "library); in the environment a TOML array or a comma-separated list",
+    )
+    instance: str = setting(TEXT, "", "names this streamer in the default producer id; empty: the host name")
+    checkpoint_path: Path | None = setting(
+        OPTIONAL_PATH,
+        "",
+        "record progress after each acknowledged batch and resume from it (see Delivery guarantees); empty: off",
+        "--checkpoint-path",
+    )
+    start_over: bool = setting(
+        BOOLEAN,
+        False,
+        "replace a checkpoint written for another file, batch size or producer instead of refusing to start",
+        "--start-over",
+    )
+    rejected_path: Path | None = setting(
+        OPTIONAL_PATH,
+        "",
+        "append every rejected row to this CSV (`line,reason,detail,raw`) to fix and replay; empty: off",
+        "--rejected-path",
+    )
+    max_field_size: int = setting(
+        SIZE,
+        "64KiB",
+        "the longest line (or multi-line record) accepted; longer ones are rejected without being held in memory",
+    )
+    dcgm_sentinels: SentinelMode = setting(
+        choice("rxstreamer.parsing:SentinelMode"),
+        "reject",
+        'DCGM\'s "blank / not found / not supported / not permissioned" numbers: `reject` them, or `flag` them '
+        "(published with label `dcgm_sentinel`)",
+    )
+    read_ahead: int = setting(
+        integer(0, MAX_READ_AHEAD),
+        0,
+        "batches read while the previous one is being published; `0` reads only after each acknowledgement",
+    )
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    initial_backoff: float = setting(POSITIVE, "100ms", "first backoff bound (exponential, with full jitter)")
+    max_backoff: float = setting(POSITIVE, "5s", "backoff cap, at least `initial_backoff`")
+    multiplier: float = setting(MULTIPLIER, 2.0, "growth of the bound per attempt")
+    max_attempts: int = setting(integer(0), 0, "attempts per batch, the first included; `0` retries until stopped")
+
+
+@dataclass(frozen=True)
+class MessageQueueSettings:
+    address: str = setting(
+        host_port(1, "rxstreamer.sinks:SCHEMES"),
+        "localhost:50051",
+        "`host:port` (or `grpc://host:port`) of the queue",
+        "run tail --mq-address",
+    )
+    topic: str = setting(TOPIC, "gpu-telemetry", "the topic to publish to (and to read from)", "run tail --topic")
+    publish_timeout: float = setting(POSITIVE, "5s", "deadline of one publish call")
+    producer_id: str = setting(
+        TEXT,
+        "",
+        "the identity the queue deduplicates by; empty: instance, file name, file fingerprint and batch size",
+        "--producer-id",
+    )
+    max_retry_time: float = setting(
+        DURATION, "0s", "how long one batch may be retried before the stream stops with reason `error`; `0s`: forever"
+    )
+    publish_in_background: bool = setting(
+        BOOLEAN,
+        False,
+        "make Publish calls on a thread of their own so that `read_ahead` overlaps reading with the call (slower "
+        "on 2 cores, see docs/benchmarks.md)",
+    )
+    unreachable_alert_after: float = setting(
+        POSITIVE,
+        "60s",
+        "how long the queue may stay unreachable before one `mq.unreachable_alert` line at level `error`",
+    )
+    retry: RetrySettings = table(RetrySettings)
+
+
+@dataclass(frozen=True)
+class ShutdownSettings:
+    timeout: float = setting(POSITIVE, "10s", "on a stop signal, how long the publish in flight may take to finish")
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    format: LogFormat = setting(
+        choice("rxstreamer.logs:LogFormat"),
+        "auto",
+        "`json`, `console`, or `auto` (console on a terminal)",
+        "run mq tail validate --log-format",
+    )
+    level: str = setting(
+        choice("rxstreamer.logs:LOG_LEVELS"), "info", "`debug`, `info`, `warning`, `error`", "run mq tail --log-level"
+    )
+    progress_interval: float = setting(POSITIVE, "10s", "how often `streamer.progress` is logged")
+    rejected_rows_in_full: int = setting(
+        integer(0), 20, "rejected rows logged one by one; after that, one count per progress interval"
+    )
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    listen: str = setting(
+        host_port(0), "127.0.0.1:50051", "where the reference broker listens; port 0 picks one", "mq --listen"
+    )
+    max_messages: int = setting(integer(1), 100000, "messages retained per topic", "mq --max-messages")
+    max_bytes: int = setting(SIZE, "256MiB", "payload bytes retained per topic", "mq --max-bytes")
+    retention: float = setting(
+        DURATION, "0s", "release messages older than this; `0s` keeps them until the broker stops", "mq --retention"
+    )
+    max_subscribers: int = setting(
+        integer(1),
+        64,
+        "open `Subscribe` (and health `Watch`) streams; more are refused with `RESOURCE_EXHAUSTED`, so streams "
+        "never take the threads Publish needs",
+        "mq --max-subscribers",
+    )
+    max_topics: int = setting(
+        integer(1),
+        1000,
+        "topics the broker holds; a publish that would create one more is refused with `RESOURCE_EXHAUSTED`",
+        "mq --max-topics",
+    )
+    max_total_bytes: int = setting(
+        SIZE,
+        "1GiB",
+        "payload bytes retained by all topics together; past it publishes are refused like a full topic",
+        "mq --max-total-bytes",
+    )
+    data_dir: Path | None = setting(
+        OPTIONAL_PATH,
+        "",
+        "keep topics in a SQLite database here (`broker.sqlite3`), across restarts; empty: in memory only",
+        "mq --data-dir",
+    )
+    fsync: FsyncPolicy = setting(
+        choice("rxstreamer.config.declared:FsyncPolicy"),
+        "always",
+        "`always` (before each acknowledgement), `interval`, or `never`",
+        "mq --fsync",
+    )
+    fsync_interval: float = setting(
+        POSITIVE, "100ms", 'with `fsync = "interval"`: how often the database is flushed to disk'
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    telemetry: TelemetrySettings = table(TelemetrySettings)
+    message_queue: MessageQueueSettings = table(MessageQueueSettings)
+    shutdown: ShutdownSettings = table(ShutdownSettings)
+    logging: LoggingSettings = table(LoggingSettings)
+    broker: BrokerSettings = table(BrokerSettings)
+
+
+TABLES: Final[dict[str, list[str]]] = {}  # every table by dotted name ("" is the top level), with its keys
+DECLARATIONS: Final[dict[str, Declaration]] = {}  # every setting by dotted name, in declaration order
+register(Settings, TABLES, DECLARATIONS)
