@@ -226,6 +226,47 @@ def dcgm_sentinel(value_text: str) -> tuple[str, str] | None:
     return _SENTINELS.get(number)
 
 
+class SentinelReading(float):
+    """A value that spells one of DCGM's sentinels, kept (``sentinels = "flag"``) with the kind it is."""
+
+    kind: str
+
+    def __new__(cls, value: float, kind: str) -> SentinelReading:
+        reading = super().__new__(cls, value)
+        reading.kind = kind
+        return reading
+
+
+def parse_value(value_text: str, line: int, *, reject_sentinels: bool = True) -> float | Rejection:
+    """A reading's text as a float, or why it is none, for every format: the rules of ``VALUE_*`` and
+    ``DCGM_SENTINEL``. A kept sentinel comes back as a ``SentinelReading``, so the caller can flag its row."""
+    try:
+        value = float(value_text)  # float() strips surrounding whitespace itself
+    except ValueError:
+        return _not_numeric(value_text, line)
+    if "_" in value_text:  # float() takes Python's 1_000; no exporter writes that
+        return _not_numeric(value_text, line)
+    if not math.isfinite(value):
+        return Rejection(line, VALUE_NOT_FINITE, f"value={_shown(value_text)} is not finite")
+    sentinel = dcgm_sentinel(value_text) if value >= _SMALLEST_SENTINEL else None
+    if sentinel is None:
+        return value
+    name, kind = sentinel
+    if reject_sentinels:
+        return Rejection(
+            line, DCGM_SENTINEL, f"value={_shown(value_text)} is DCGM's {kind} sentinel ({name}), not a reading"
+        )
+    return SentinelReading(value, kind)
+
+
+def flag_sentinel(labels: Mapping[str, str], value: float) -> tuple[Mapping[str, str], float]:
+    """The labels and value a row carries: for a kept sentinel, ``labels`` plus ``dcgm_sentinel=<kind>`` and
+    the value as a plain float; anything else as it is."""
+    if type(value) is not SentinelReading:
+        return labels, value
+    return MappingProxyType({**labels, SENTINEL_LABEL: value.kind}), float(value)
+
+
 @lru_cache(maxsize=TIMESTAMP_CACHE_SIZE)
 def parse_timestamp(text: str) -> datetime | None:
     """Parse an RFC 3339 timestamp to an aware UTC datetime, or None when it is not one.
@@ -304,26 +345,15 @@ class RowParser:
             if self.is_header(record):
                 return Rejection(line, REPEATED_HEADER, "the header line again, in the middle of the data")
             return Rejection(line, BAD_TIMESTAMP, f"timestamp={_shown(timestamp_text)} is not RFC 3339")
-        try:
-            value = float(value_text)  # float() strips surrounding whitespace itself
-        except ValueError:
-            return _not_numeric(value_text, line)
-        if "_" in value_text:  # float() takes Python's 1_000; no exporter writes that
-            return _not_numeric(value_text, line)
-        if not math.isfinite(value):
-            return Rejection(line, VALUE_NOT_FINITE, f"value={_shown(value_text)} is not finite")
-        sentinel = dcgm_sentinel(value_text) if value >= _SMALLEST_SENTINEL else None
-        if sentinel is not None and self._reject_sentinels:
-            name, kind = sentinel
-            return Rejection(
-                line, DCGM_SENTINEL, f"value={_shown(value_text)} is DCGM's {kind} sentinel ({name}), not a reading"
-            )
+        value = parse_value(value_text, line, reject_sentinels=self._reject_sentinels)
+        if isinstance(value, Rejection):
+            return value
         try:
             labels = parse_labels(labels_raw)
         except LabelsError as error:
             return Rejection(line, BAD_LABELS, str(error))
-        if sentinel is not None:
-            labels = _flagged_labels(labels_raw, sentinel[1])
+        if type(value) is SentinelReading:
+            labels, value = _flagged_labels(labels_raw, value.kind), float(value)
         return MetricRow(
             timestamp,
             metric_name,
