@@ -25,7 +25,7 @@ STREAMER_FLAGS = $(CONFIG_FLAG) $(call given,MQ_ADDRESS,--mq-address) $(call giv
                  $(call given,INTERVAL,--interval)
 
 .PHONY: help install proto proto-check lint typecheck test test-fast run mq telemetry-streamer run-streamer \
-        tail test-data bench clean
+        tail test-data bench clean tools
 
 help: ## List the targets and the variables they take
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-20s %s\n", $$1, $$2}'
@@ -63,8 +63,19 @@ lint: $(STAMP) ## ruff (lint and format check)
 typecheck: $(STAMP) ## mypy --strict over the package, tests and benchmarks
 	$(VENV)/bin/mypy
 
-test: $(STAMP) proto-check lint typecheck ## Everything CI checks: generated code, lint, types, the test suite
+test: $(STAMP) tools proto-check lint typecheck ## Everything CI checks: generated code, lint, types, the test suite
 	$(PY) -m pytest
+
+# promtool (Debian's prometheus package) lints the exposition text `generate --format prometheus` writes and
+# serves. Installed only when it is missing: apt-get update runs only when the install fails without it.
+tools: ## Install promtool (apt, package prometheus) when it is not on PATH; the tests lint with it
+	@command -v promtool >/dev/null 2>&1 || { \
+	  sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	  install="$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus"; \
+	  echo "installing promtool: $$install"; \
+	  $$install >/dev/null || { $$sudo apt-get update -q >/dev/null && $$install >/dev/null; }; \
+	}
+	@promtool --version 2>&1 | head -n 1
 
 test-fast: $(STAMP) ## Only the test suite
 	$(PY) -m pytest -q

@@ -24,10 +24,11 @@ import hashlib
 import json
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from rxstreamer.model import Position, PublishAck, ReadCounts
 
@@ -142,6 +143,41 @@ class InputFile:
             return True
         with self.path.open("rb") as handle:
             return _read_at(handle.fileno(), offset - 1, 1) == b"\n"
+
+
+class CheckpointedInput(Protocol):
+    """What a checkpoint needs of an input: a name for messages, the identity of a prefix, where records begin."""
+
+    @property
+    def path(self) -> Path | str: ...
+
+    def identity(self, offset: int | None = None) -> FileIdentity: ...
+
+    def follows_line_break(self, offset: int) -> bool: ...
+
+
+class ScrapedInput:
+    """Live endpoints as the checkpoints see them: offsets are scrape slots (see rxstreamer.sources.scrape).
+
+    Slots only grow and a scrape cannot be read again, so there is no prefix to fingerprint: the identity is
+    the set of targets (``digest``), which a checkpoint must match to resume, and every slot is a record start.
+    """
+
+    def __init__(self, name: str, digest: str, current_slot: Callable[[], int]) -> None:
+        self._name = name
+        self._digest = digest
+        self._current_slot = current_slot
+
+    @property
+    def path(self) -> str:
+        return self._name
+
+    def identity(self, offset: int | None = None) -> FileIdentity:
+        now = self._current_slot()
+        return FileIdentity(now if offset is None else offset, self._digest, self._digest, max(now, offset or 0))
+
+    def follows_line_break(self, offset: int) -> bool:
+        return True
 
 
 def _read_at(fd: int, offset: int, size: int) -> bytes:
@@ -493,7 +529,7 @@ class ResumePlan:
 def plan_resume(
     checkpoint: Checkpoint | None,
     *,
-    file: InputFile,
+    file: CheckpointedInput,
     producer_id: str,
     batch_size: int,
     start_over: bool,
@@ -548,7 +584,7 @@ class Checkpointer:
         *,
         producer_id: str,
         batch_size: int,
-        file: InputFile,
+        file: CheckpointedInput,
         before: Checkpoint | None = None,
         files: DurableFiles = DURABLE_FILES,
     ) -> None:

@@ -22,7 +22,8 @@ from rxstreamer.signals import install_process_watch
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
 COMMANDS = ("run", "mq", "tail", "generate", "validate")
-LONG_RUNNING = ("run", "mq")  # the commands that stop gracefully on SIGINT/SIGTERM and ignore SIGHUP
+# The commands that stop gracefully on SIGINT/SIGTERM and ignore SIGHUP (and `generate --serve`).
+LONG_RUNNING = ("run", "mq")
 _LOG_FORMAT = "logging.format"
 _LOG_FORMAT_VARIABLE = ENV_PREFIX + _LOG_FORMAT.replace(".", ENV_NESTING).upper()  # RXSTREAMER_LOGGING__FORMAT
 
@@ -51,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args_list.insert(0, "run")  # `rxstreamer --batch-size 5` means `rxstreamer run --batch-size 5`
     args = _parser().parse_args(args_list)
     _ErrorFormat.guess(args)
-    if args.command not in LONG_RUNNING:
+    if args.command not in LONG_RUNNING and getattr(args, "serve", None) is None:
         stopped = watch.release()  # short commands keep Python's own handling of Ctrl-C and SIGTERM
         if stopped is not None:
             return stopped
@@ -197,9 +198,18 @@ def _tail(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> int:
     from rxstreamer.generate import generate_file
 
+    prometheus = args.format == "prometheus" or (args.format is None and args.serve is not None)
+    if args.hosts is None:
+        args.hosts = 1 if prometheus else 4  # one dcgm-exporter serves one node
     for name in ("hosts", "gpus"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name}", getattr(args, name), "must be an integer >= 1")
+    if prometheus:
+        return _generate_prometheus(args)
+    if args.serve is not None:
+        raise ConfigError("--serve", args.serve, "serves Prometheus text: drop --format csv")
+    if args.exporters is not None:
+        raise ConfigError("--exporters", args.exporters, "applies to --serve only")
     if args.scrapes is not None and args.scrapes < 1:
         raise ConfigError("--scrapes", args.scrapes, "must be an integer >= 1")
     if args.rows is not None and args.rows < 1:
@@ -228,6 +238,75 @@ def _generate(args: argparse.Namespace) -> int:
     where = "standard output" if to_stdout else args.output
     print(f"rxstreamer: wrote {written} rows to {where}", file=sys.stderr)
     return 0
+
+
+def _generate_prometheus(args: argparse.Namespace) -> int:
+    """``generate --format prometheus``: one scrape to --output, or a live synthetic exporter on --serve."""
+    for name in ("scrapes", "rows"):
+        if getattr(args, name) is not None:
+            raise ConfigError(f"--{name}", getattr(args, name), "applies to CSV: a Prometheus file is one scrape")
+    try:
+        scrape_interval = parse_duration(args.scrape_interval)
+    except ValueError as error:
+        raise ConfigError("--scrape-interval", args.scrape_interval, str(error)) from error
+    if args.serve is not None:
+        return _serve_exporters(args, scrape_interval)
+    if args.exporters is not None:
+        raise ConfigError("--exporters", args.exporters, "applies to --serve only: a file is one exporter's scrape")
+    from rxstreamer.exposition import write_scrape
+
+    to_stdout = args.output == "-"
+    try:
+        written = write_scrape(
+            sys.stdout if to_stdout else Path(args.output),
+            hosts=args.hosts,
+            gpus=args.gpus,
+            seed=args.seed,
+            scrape_interval=scrape_interval,
+        )
+    except BrokenPipeError:
+        sys.stderr.close()
+        return 0
+    except OSError as error:
+        return _fail(f"cannot write {args.output}: {error.strerror}", EXIT_FAILURE)
+    where = "standard output" if to_stdout else args.output
+    print(f"rxstreamer: wrote one scrape of {written} samples to {where}", file=sys.stderr)
+    return 0
+
+
+def _serve_exporters(args: argparse.Namespace, scrape_interval: float) -> int:
+    from rxstreamer.exporter_server import ExporterOptions, parse_listen, serve
+    from rxstreamer.logs import configure_logging
+
+    exporters = 1 if args.exporters is None else args.exporters
+    if exporters < 1:
+        raise ConfigError("--exporters", exporters, "must be an integer >= 1")
+    try:
+        parse_listen(args.serve)
+    except ValueError as error:
+        raise ConfigError("--serve", args.serve, str(error)) from error
+    watch = install_process_watch()  # main kept the signals for `--serve`, as for the long-running commands
+    if not watch.installed:
+        watch.install()
+    watch.event_prefix = "exporter"
+    try:
+        configure_logging(_ErrorFormat.format or "auto")
+    except ValueError as error:
+        raise ConfigError(_LOG_FORMAT, _ErrorFormat.format, str(error)) from error
+    options = ExporterOptions(
+        listen=args.serve,
+        exporters=exporters,
+        hosts=args.hosts,
+        gpus=args.gpus,
+        seed=args.seed,
+        scrape_interval=scrape_interval,
+    )
+    return serve(
+        options,
+        stop_event=watch.stop,
+        stop_signal=lambda: watch.stop_signal,
+        report=lambda message: print(f"rxstreamer generate: {message}", file=sys.stderr),
+    )
 
 
 # --- validate -----------------------------------------------------------------------------------------
@@ -340,16 +419,57 @@ def _parser() -> argparse.ArgumentParser:
     _add_setting_flags(validate, "validate")
     validate.set_defaults(handler=_validate)
 
-    generate = commands.add_parser("generate", help="write a realistic synthetic DCGM CSV (test data, load files)")
+    generate = commands.add_parser(
+        "generate",
+        help="write a realistic synthetic DCGM CSV, or dcgm-exporter text (a file, or served over HTTP)",
+        description="Write a realistic synthetic DCGM CSV (the default), or, with --format prometheus, what "
+        "dcgm-exporter serves: ONE scrape to --output, or a live exporter on --serve whose every GET /metrics "
+        "is the next scrape of a drifting simulation. The same seed gives the same values in both formats.",
+    )
     _add_version(generate)
+    target = generate.add_mutually_exclusive_group(required=True)
     # Text, not a Path: Path("./-") is Path("-"), and `-o ./-` must still mean a file named "-".
-    generate.add_argument("--output", "-o", required=True, help="the CSV file to write; - for stdout")
-    generate.add_argument("--hosts", type=int, default=4, help="number of hosts (default 4)")
+    target.add_argument(
+        "--output", "-o", metavar="FILE", help="the file to write; - for stdout (a prometheus file is one scrape)"
+    )
+    target.add_argument(
+        "--serve",
+        metavar="HOST:PORT",
+        help="serve Prometheus text over HTTP (implies --format prometheus): /metrics, /health; port 0 picks a "
+        "free port, logged as exporter.started; SIGINT/SIGTERM stop it",
+    )
+    generate.add_argument(
+        "--format",
+        choices=("csv", "prometheus"),
+        help="csv (default): the DCGM CSV export; prometheus: dcgm-exporter's text format, one scrape",
+    )
+    generate.add_argument(
+        "--hosts", type=int, help="number of hosts (default 4 for CSV; 1 for prometheus, one exporter per node)"
+    )
     generate.add_argument("--gpus", type=int, default=8, help="GPUs per host (default 8)")
-    generate.add_argument("--scrapes", type=int, help="number of scrapes (default 3, or as many as --rows needs)")
-    generate.add_argument("--rows", type=int, help="stop after this many data rows")
+    generate.add_argument(
+        "--scrapes", type=int, help="CSV only: number of scrapes (default 3, or as many as --rows needs)"
+    )
+    generate.add_argument("--rows", type=int, help="CSV only: stop after this many data rows")
     generate.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same file")
-    generate.add_argument("--scrape-interval", default="30s", help="time between scrapes (default 30s)")
+    generate.add_argument(
+        "--scrape-interval",
+        default="30s",
+        help="simulated time between scrapes (default 30s); with --serve, each scrape moves on by this much",
+    )
+    generate.add_argument(
+        "--exporters",
+        type=int,
+        metavar="K",
+        help="with --serve: answer as K exporters, each with its own hosts and GPUs, on /exporter/<i>/metrics "
+        "(i = 0..K-1; /metrics is exporter 0) (default 1)",
+    )
+    generate.add_argument(
+        "--log-format",
+        dest=_LOG_FORMAT,
+        choices=("json", "console", "auto"),
+        help="with --serve: log lines as JSON or for people (default: $RXSTREAMER_LOGGING__FORMAT, else auto)",
+    )
     generate.set_defaults(handler=_generate)
     return parser
 
@@ -365,4 +485,5 @@ def _add_setting_flags(parser: argparse.ArgumentParser, command: str) -> None:
             parser.add_argument(declaration.flag, dest=name, action=argparse.BooleanOptionalAction, help=meaning)
         else:
             metavar = declaration.flag.removeprefix("--").replace("-", "_").upper()
-            parser.add_argument(declaration.flag, dest=name, metavar=metavar, help=meaning)
+            action = "append" if declaration.kind.repeatable else "store"
+            parser.add_argument(declaration.flag, dest=name, metavar=metavar, help=meaning, action=action)

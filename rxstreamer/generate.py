@@ -9,6 +9,10 @@ that a GPU's readings drift plausibly from one scrape to the next instead of bei
 Everything is drawn from one ``random.Random(seed)`` in a fixed order, so a seed always gives the same
 file, and a file capped at N rows is the first N rows of the uncapped one. Output is streamed: memory
 grows with the number of GPUs, never with the number of rows.
+
+``Fleet`` is the same simulation moved on one scrape at a time, for what must answer live (the synthetic
+dcgm-exporter in rxstreamer.exposition and rxstreamer.exporter_server): its first scrape holds the values of
+the CSV's first scrape for the same fleet and seed.
 """
 
 from __future__ import annotations
@@ -100,9 +104,9 @@ def _labels_raw(gpu: _Gpu, metric_name: str) -> str:
     )
 
 
-def _make_fleet(rng: random.Random, hosts: int, gpus: int) -> list[_Gpu]:
+def _make_fleet(rng: random.Random, hosts: int, gpus: int, first_host: int = 1) -> list[_Gpu]:
     fleet = []
-    for host_number in range(1, hosts + 1):
+    for host_number in range(first_host, first_host + hosts):
         hostname = f"dgx-a-{host_number:03d}"
         for index in range(gpus):
             gpu = _Gpu(
@@ -284,3 +288,90 @@ def generate_file(
         return written
     with open(path, "w", encoding="utf-8", newline="") as out:
         return write_csv(out, records)
+
+
+@dataclass(frozen=True, slots=True)
+class GpuReading:
+    """One GPU's readings of one scrape, with the identity a consumer labels them by.
+
+    ``values`` are in METRIC_NAMES order, as the CSV prints them; ``energy_mj`` is DCGM's energy counter
+    (millijoules since boot), which the CSV does not carry.
+    """
+
+    hostname: str
+    index: int
+    uuid: str
+    model_name: str
+    driver_version: str
+    values: tuple[str, ...]
+    energy_mj: int
+
+
+class Fleet:
+    """The generator's simulation, advanced one scrape per call: what a live exporter serves from.
+
+    It draws from its own ``random.Random(seed)`` in the CSV writer's order, so ``advance()`` returns, scrape
+    after scrape, the values ``generate_records`` writes for the same ``hosts``, ``gpus`` and ``seed``. Hosts
+    are numbered from ``first_host`` (``dgx-a-001`` by default), which keeps the hostnames of several fleets
+    apart. Not thread-safe: one caller at a time (the exporter server holds a lock per fleet).
+    """
+
+    def __init__(
+        self,
+        *,
+        hosts: int = 1,
+        gpus: int = 8,
+        seed: int | str = 0,
+        first_host: int = 1,
+        scrape_interval: float = DEFAULT_SCRAPE_INTERVAL_S,
+    ) -> None:
+        _check_fleet(hosts, gpus)
+        _check_counts(scrape_interval=scrape_interval)
+        if first_host < 1:
+            raise ValueError(f"first_host must be at least 1, got {first_host}")
+        self._rng = random.Random(seed)
+        self._gpus = _make_fleet(self._rng, hosts, gpus, first_host)
+        # The counter's value before the first scrape: derived from the uuid rather than drawn from the
+        # generator, so that adding it left the CSV's values (and every recorded seed) unchanged.
+        self._energy_mj = [_energy_at_boot_mj(gpu) for gpu in self._gpus]
+        self._scrape_interval = scrape_interval
+        self.scrapes = 0
+
+    @property
+    def hostnames(self) -> tuple[str, ...]:
+        """Each host's name once, in order."""
+        return tuple(dict.fromkeys(gpu.hostname for gpu in self._gpus))
+
+    @property
+    def uuids(self) -> tuple[str, ...]:
+        return tuple(gpu.uuid for gpu in self._gpus)
+
+    def __len__(self) -> int:
+        return len(self._gpus)
+
+    def advance(self) -> list[GpuReading]:
+        """Move every GPU on by one scrape interval; their readings, host by host, GPU by GPU."""
+        readings = []
+        for position, gpu in enumerate(self._gpus):
+            values = _advance(self._rng, gpu)
+            # Energy over the interval at the power just read: the counter only ever grows (power >= 60 W).
+            self._energy_mj[position] += round(gpu.power_w * self._scrape_interval * 1000)
+            readings.append(
+                GpuReading(
+                    hostname=gpu.hostname,
+                    index=gpu.index,
+                    uuid=gpu.uuid,
+                    model_name=MODEL_NAME,
+                    driver_version=DRIVER_VERSION,
+                    values=values,
+                    energy_mj=self._energy_mj[position],
+                )
+            )
+        self.scrapes += 1
+        return readings
+
+
+def _energy_at_boot_mj(gpu: _Gpu) -> int:
+    """Energy since the driver loaded: between an hour and 30 days of uptime at 1.5 x idle power."""
+    uptime_s = 3600 + int(gpu.uuid[4:12], 16) % (30 * 86400)
+    return round(gpu.idle_power_w * 1.5 * uptime_s * 1000)

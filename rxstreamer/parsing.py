@@ -8,8 +8,8 @@ bounded caches.
 A record that cannot become a row is returned as a ``Rejection`` rather than raised: one bad line in a
 million is something to count and report, not a reason to stop the stream. Reasons are stable codes that
 callers may count by. ``TEXT_REASONS`` are found by a source before a record is split into fields (the text
-itself is unusable); ``RECORD_REASONS`` by ``RowParser.parse``, and when a record has several problems only
-the first found is reported, checked in the order of ``RECORD_REASONS``.
+itself is unusable); ``RECORD_REASONS`` by ``RowParser.parse`` (and the JSON lines parser), and when a record
+has several problems only the first found is reported, checked in the order of ``RECORD_REASONS``.
 
 What is tolerated rather than rejected, because exporters and spreadsheets really do it: columns in any
 order and any of the spellings ``_column_key`` folds together; unknown extra columns (ignored, so a newer
@@ -37,11 +37,24 @@ NUL_BYTE: Final = "nul_byte"
 NOT_UTF8: Final = "not_utf8"
 UNTERMINATED_QUOTE: Final = "unterminated_quote"  # a quoted field that does not close within the bound
 CSV_ERROR: Final = "csv_error"  # anything else the csv module refuses, such as a bare carriage return
-TEXT_REASONS: Final = (FIELD_TOO_LARGE, NUL_BYTE, NOT_UTF8, UNTERMINATED_QUOTE, CSV_ERROR)
+NOT_JSON: Final = "not_json"  # a JSON lines line that is not one JSON object (see rxstreamer.sources.json_lines)
+NOT_A_SAMPLE: Final = "not_a_sample"  # exposition text that is neither a comment nor `name{labels} value [ts]`
+AFTER_EOF: Final = "after_eof"  # exposition text after OpenMetrics' `# EOF` end marker
+TEXT_REASONS: Final = (
+    FIELD_TOO_LARGE,
+    NUL_BYTE,
+    NOT_UTF8,
+    UNTERMINATED_QUOTE,
+    CSV_ERROR,
+    NOT_JSON,
+    NOT_A_SAMPLE,
+    AFTER_EOF,
+)
 
 # Stable rejection codes found by RowParser.parse, in the order a record is checked.
 FIELD_COUNT: Final = "field_count"
 REPEATED_HEADER: Final = "repeated_header"  # the header again, as in files concatenated with `cat`
+BAD_FIELD: Final = "bad_field"  # a field of the wrong type, where the format has types (JSON lines)
 MISSING_UUID: Final = "missing_uuid"
 MISSING_METRIC_NAME: Final = "missing_metric_name"
 BAD_TIMESTAMP: Final = "bad_timestamp"
@@ -52,6 +65,7 @@ BAD_LABELS: Final = "bad_labels"
 RECORD_REASONS: Final = (
     FIELD_COUNT,
     REPEATED_HEADER,
+    BAD_FIELD,
     MISSING_UUID,
     MISSING_METRIC_NAME,
     BAD_TIMESTAMP,

@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal, cast
 
@@ -21,10 +21,12 @@ from reactivex.abc import StartableBase
 from reactivex.scheduler import EventLoopScheduler
 
 from rxstreamer.checkpoint import (
+    CheckpointedInput,
     Checkpointer,
     FileIdentity,
     InputFile,
     ResumePlan,
+    ScrapedInput,
     check_writable,
     plan_resume,
     read_checkpoint,
@@ -32,7 +34,7 @@ from rxstreamer.checkpoint import (
 from rxstreamer.config import ConfigError, Settings, require_readable_file, settings_summary
 from rxstreamer.counts import Counts, PipelineCounters, RunCounts
 from rxstreamer.encoding import BatchEncoder
-from rxstreamer.model import PublishAck, Rejection
+from rxstreamer.model import Position, PublishAck, Rejection
 from rxstreamer.operators import Operator
 from rxstreamer.pipeline import build_pipeline, load_transforms
 from rxstreamer.quarantine import Quarantine, RejectionReporter
@@ -40,6 +42,7 @@ from rxstreamer.queue_status import QueueStatus
 from rxstreamer.retry import RetryPolicy
 from rxstreamer.sinks import Sink, SinkAddressError, SinkOptions, open_sink, split_address
 from rxstreamer.sources import Source, format_of, open_source
+from rxstreamer.sources.base import Live
 
 log = structlog.get_logger()
 
@@ -191,58 +194,109 @@ class _Plan:
     quarantine: Quarantine | None
 
 
+@dataclass(frozen=True)
+class _Input:
+    """What the stream reads, as its checkpoints and its producer id see it, and how to open it at a position."""
+
+    checkpointed: CheckpointedInput
+    producer_id: str
+    open: Callable[[Position | None, Callable[[Rejection], None]], Source]
+    live: bool  # a batch lost in flight cannot be read again: its sequence is skipped on resume
+
+
 def _plan(settings: Settings, transforms: Sequence[Operator]) -> _Plan:
-    """Check the file, the transforms, the checkpoint and the quarantine, and decide where to start.
+    """Check the input, the transforms, the checkpoint and the quarantine, and decide where to start.
 
     Raises on any problem, before anything is sent.
     """
-    telemetry, queue = settings.telemetry, settings.message_queue
-    require_readable_file("telemetry.metrics_path", telemetry.metrics_path)
-    source_format = format_of(telemetry.metrics_path, telemetry.format)  # before the checkpoint is touched
-    try:
-        input_file = InputFile(telemetry.metrics_path)
-        file = input_file.identity()
-    except OSError as error:
-        raise ConfigError(
-            "telemetry.metrics_path", telemetry.metrics_path, f"cannot be read: {error.strerror or error}"
-        ) from error
-    producer_id = queue.producer_id or derive_producer_id(
-        telemetry.instance, telemetry.metrics_path, file, telemetry.batch_size
-    )
-    resume = _resume_plan(settings, input_file, producer_id)
+    telemetry = settings.telemetry
+    source = telemetry.metrics_path
+    read = _scraped_input(settings, source) if isinstance(source, tuple) else _file_input(settings, source)
+    resume = _resume_plan(settings, read.checkpointed, read.producer_id, live=read.live)
     reporter = RejectionReporter(
         in_full=settings.logging.rejected_rows_in_full, interval=settings.logging.progress_interval
     )
     quarantine = _open_quarantine(telemetry.rejected_path)
-    rows = open_source(
-        telemetry.metrics_path,
-        source_format,
-        loop=telemetry.loop,
-        on_reject=_fan_out(reporter, quarantine),
-        start=resume.start,
-        max_field_size=telemetry.max_field_size,
-        sentinels=telemetry.dcgm_sentinels,
-    )
+    rows = read.open(resume.start, _fan_out(reporter, quarantine))
     rows.check()
     checkpointer = None
     if telemetry.checkpoint_path is not None:
         checkpointer = Checkpointer(
             telemetry.checkpoint_path,
-            producer_id=producer_id,
+            producer_id=read.producer_id,
             batch_size=telemetry.batch_size,
-            file=input_file,
+            file=read.checkpointed,
             before=resume.before,
         )
-    encoder = BatchEncoder(producer_id, timestamps=telemetry.timestamps, first_sequence=resume.first_sequence)
+    encoder = BatchEncoder(read.producer_id, timestamps=telemetry.timestamps, first_sequence=resume.first_sequence)
     all_transforms = [*load_transforms(telemetry.transforms), *transforms]
     return _Plan(rows, encoder, all_transforms, checkpointer, reporter, quarantine)
 
 
-def _resume_plan(settings: Settings, file: InputFile, producer_id: str) -> ResumePlan:
+def _file_input(settings: Settings, path: Path) -> _Input:
+    """A file: checked before the checkpoint is touched, its producer id derived from its first record."""
+    telemetry = settings.telemetry
+    require_readable_file("telemetry.metrics_path", path)
+    source_format = format_of(path, telemetry.format)
+    try:
+        input_file = InputFile(path)
+        file = input_file.identity()
+    except OSError as error:
+        raise ConfigError("telemetry.metrics_path", path, f"cannot be read: {error.strerror or error}") from error
+    producer_id = settings.message_queue.producer_id or derive_producer_id(
+        telemetry.instance, path, file, telemetry.batch_size
+    )
+
+    def open_file(start: Position | None, on_reject: Callable[[Rejection], None]) -> Source:
+        return open_source(
+            path,
+            source_format,
+            loop=telemetry.loop,
+            on_reject=on_reject,
+            start=start,
+            max_field_size=telemetry.max_field_size,
+            sentinels=telemetry.dcgm_sentinels,
+        )
+
+    return _Input(input_file, producer_id, open_file, live=False)
+
+
+def _scraped_input(settings: Settings, targets: tuple[str, ...]) -> _Input:
+    """Live endpoints: identified by the set of targets, positioned by scrape slots (rxstreamer.sources.scrape)."""
+    from rxstreamer.sources.scrape import ScrapeRows, targets_digest
+
+    telemetry = settings.telemetry
+    if telemetry.format not in ("auto", "prometheus"):
+        raise ConfigError("telemetry.format", telemetry.format, "endpoints are scraped as prometheus text")
+    digest = targets_digest(targets)
+    producer_id = (
+        settings.message_queue.producer_id
+        or f"{telemetry.instance or socket.gethostname()}:scrape:{digest[:12]}:b{telemetry.batch_size}"
+    )
+    interval = telemetry.scrape_interval
+    checkpointed = ScrapedInput(", ".join(targets), digest, lambda: int(time.time() // interval))
+
+    def open_scrape(start: Position | None, on_reject: Callable[[Rejection], None]) -> Source:
+        return ScrapeRows(
+            targets,
+            interval=interval,
+            timeout=telemetry.scrape_timeout or interval,
+            on_reject=on_reject,
+            start=start,
+            max_field_size=telemetry.max_field_size,
+            sentinels=telemetry.dcgm_sentinels,
+        )
+
+    return _Input(checkpointed, producer_id, open_scrape, live=True)
+
+
+def _resume_plan(settings: Settings, file: CheckpointedInput, producer_id: str, *, live: bool) -> ResumePlan:
     """Where to start, from the checkpoint; first making sure checkpoints can be written at all.
 
     The write check comes first because a checkpoint that cannot be written is otherwise found only after
-    the first batch was published, which is too late for the exit status 2 of a bad setting.
+    the first batch was published, which is too late for the exit status 2 of a bad setting. A live input
+    skips one sequence: the batch in flight when the last run stopped may be stored without its ack having
+    arrived, and it cannot be read again, so its number must not name other rows.
     """
     path = settings.telemetry.checkpoint_path
     if path is None:
@@ -256,6 +310,8 @@ def _resume_plan(settings: Settings, file: InputFile, producer_id: str) -> Resum
         start_over=settings.telemetry.start_over,
         checkpoint_path=path,
     )
+    if live and plan.before is not None:
+        plan = replace(plan, first_sequence=plan.first_sequence + 1)
     if plan.ignored_because is not None:
         log.warning("streamer.checkpoint_ignored", path=str(path), reason=plan.ignored_because)
     elif plan.start is not None and plan.before is not None:
@@ -384,6 +440,8 @@ def run_streamer(
     else:
         reason = "signal"
         status.stopping = True  # the publish in flight may still fail: its retry is cancelled, not announced
+        if isinstance(plan.rows, Live):
+            plan.rows.interrupt()  # a source waiting for its next scrape would hold the pipeline thread
         log.info(
             "streamer.stopping",
             signal=stop_signal() if stop_signal is not None else None,
@@ -417,6 +475,8 @@ def started_fields(settings: Settings, producer_id: str) -> dict[str, object]:
         "telemetry.loop",
         "telemetry.timestamps",
     ]
+    if isinstance(telemetry.metrics_path, tuple):
+        names[2:2] = ["telemetry.scrape_interval", "telemetry.scrape_timeout"]
     if telemetry.checkpoint_path is not None:
         names.append("telemetry.checkpoint_path")
     if telemetry.rejected_path is not None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from rxstreamer.model import Rejection
 from rxstreamer.parsing import SENTINEL_LABEL, SentinelMode
-from rxstreamer.sources import AUTO, DEFAULT_MAX_FIELD_SIZE, open_source
+from rxstreamer.sources import AUTO, DEFAULT_MAX_FIELD_SIZE, format_of, open_source
 
 __all__ = ["Example", "ValidationReport", "render_error_json", "render_json", "render_text", "validate_file"]
 
@@ -115,8 +115,9 @@ def validate_file(
             flagged += 1
     stats = source.stats
     notes = []
-    if stats.rows_read == 0:
-        notes.append("the file has a header but no data rows")
+    if stats.rows_read == 0:  # only CSV has a header; a scrape of comments alone has no records either
+        has_header = format_of(path, format) == "csv"
+        notes.append("the file has a header but no data rows" if has_header else "the file has no data rows")
     return ValidationReport(
         path=str(path),
         rows=stats.rows_read,

@@ -85,7 +85,10 @@ def test_rxstreamer_config_names_the_config_file(files: dict[str, str]) -> None:
     """RXSTREAMER_CONFIG=FILE is read like --config FILE: its value is used (here, refused)."""
     finished = run_command("validate", files["csv"], env={"RXSTREAMER_CONFIG": files["bad"]})
     assert finished.returncode == 2
-    assert finished.stderr == "rxstreamer: invalid setting telemetry.format = 'xml': must be one of: auto, csv\n"
+    assert (
+        finished.stderr
+        == "rxstreamer: invalid setting telemetry.format = 'xml': must be one of: auto, csv, jsonl, prometheus\n"
+    )
 
 
 def test_the_config_flag_wins_over_rxstreamer_config(files: dict[str, str]) -> None:

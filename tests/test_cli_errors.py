@@ -82,7 +82,7 @@ def test_validate_json_reports_a_bad_setting_in_json(tmp_path: Path) -> None:
     assert document == {
         "path": "metrics.csv",
         "exit_code": 2,
-        "error": "invalid setting telemetry.format = 'xml': must be one of: auto, csv",
+        "error": "invalid setting telemetry.format = 'xml': must be one of: auto, csv, jsonl, prometheus",
     }
 
 

@@ -822,7 +822,7 @@ def test_telemetry_format_from_a_file(tmp_path: Path) -> None:
 def test_unknown_telemetry_format_names_the_formats() -> None:
     """An unknown format fails with the formats there are."""
     error = _error(overrides={"telemetry.format": "parquet"})
-    assert str(error) == "telemetry.format = 'parquet': must be one of: auto, csv"
+    assert str(error) == "telemetry.format = 'parquet': must be one of: auto, csv, jsonl, prometheus"
 
 
 def test_summary_lists_the_new_settings_as_given() -> None:

@@ -51,7 +51,8 @@ def _given(argv: list[str]) -> dict[str, object]:
 def test_each_flag_sets_its_setting(command: str, flag: str, setting: str) -> None:
     """A flag's string reaches load_settings under the setting's dotted name, and nothing else is set."""
     file = ["metrics.csv"] if command == "validate" else []
-    assert _given([command, *file, flag, "VALUE"]) == {setting: "VALUE"}
+    repeatable = DECLARATIONS[setting].kind.repeatable  # each use adds one to a list: endpoints to scrape
+    assert _given([command, *file, flag, "VALUE"]) == {setting: ["VALUE"] if repeatable else "VALUE"}
 
 
 @pytest.mark.parametrize(("flag", "expected"), [("--loop", True), ("--no-loop", False), ("--start-over", True)])

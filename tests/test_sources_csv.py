@@ -301,11 +301,14 @@ def test_disposing_the_observable_mid_stream_closes_the_file(big_csv: Path) -> N
 # The registry
 
 
-def test_the_formats_are_auto_and_csv() -> None:
-    """csv is the one registered format; telemetry.format takes it or auto."""
-    assert SOURCE_FORMATS == ("auto", "csv")
-    assert list(FORMATS) == ["csv"]
-    assert FORMATS["csv"].extensions == (".csv",)
+def test_the_formats_and_the_extensions_auto_knows_them_by() -> None:
+    """telemetry.format takes auto or a registered format, each claiming its extensions."""
+    assert SOURCE_FORMATS == ("auto", "csv", "jsonl", "prometheus")
+    assert {name: known.extensions for name, known in FORMATS.items()} == {
+        "csv": (".csv",),
+        "jsonl": (".jsonl", ".ndjson"),
+        "prometheus": (".prom", ".txt"),
+    }
 
 
 @pytest.mark.parametrize("name", ["metrics.csv", "METRICS.CSV", "dcgm.export.Csv"])
@@ -335,7 +338,7 @@ def test_an_explicit_format_overrides_the_extension(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "named"), [("metrics.txt", "the extension '.txt'"), ("metrics", "no extension")], ids=["txt", "none"]
+    ("name", "named"), [("metrics.dat", "the extension '.dat'"), ("metrics", "no extension")], ids=["dat", "none"]
 )
 def test_auto_refuses_an_extension_no_format_claims(tmp_path: Path, name: str, named: str) -> None:
     """Auto does not guess: the SourceError names the extension, the known ones, and the setting to use."""
@@ -343,12 +346,12 @@ def test_auto_refuses_an_extension_no_format_claims(tmp_path: Path, name: str, n
     with pytest.raises(SourceError) as raised:
         open_source(path)
     assert str(raised.value) == (
-        f"{path}: cannot tell the format from {named} (telemetry.format = 'auto' knows .csv (csv)); "
-        "set telemetry.format to one of csv"
+        f"{path}: cannot tell the format from {named} (telemetry.format = 'auto' knows .csv (csv), .jsonl (jsonl), "
+        ".ndjson (jsonl), .prom (prometheus), .txt (prometheus)); set telemetry.format to one of csv, jsonl, prometheus"
     )
 
 
 def test_an_unknown_format_name_is_refused() -> None:
     """A format that is not registered is a ValueError listing the ones that are."""
-    with pytest.raises(ValueError, match=r"^format must be one of auto, csv, got 'parquet'$"):
+    with pytest.raises(ValueError, match=r"^format must be one of auto, csv, jsonl, prometheus, got 'parquet'$"):
         open_source(BAD_ROWS, "parquet")

@@ -90,9 +90,9 @@ def test_a_file_that_cannot_be_read_raises_source_error(tmp_path: Path) -> None:
 
 def test_the_format_is_chosen_as_the_streamer_chooses_it(tmp_path: Path) -> None:
     """auto goes by the extension and refuses one it does not know; an explicit format reads any name."""
-    path = tmp_path / "bad_rows.txt"
+    path = tmp_path / "bad_rows.dat"
     path.write_bytes((DATA / "bad_rows.csv").read_bytes())
-    with pytest.raises(SourceError, match=r"cannot tell the format from the extension '\.txt'"):
+    with pytest.raises(SourceError, match=r"cannot tell the format from the extension '\.dat'"):
         validate_file(path)
     report = validate_file(path, format="csv")
     assert (report.rows, report.good, report.rejected, report.exit_code) == (10, 3, 7, 1)

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Final, Literal
 from rxstreamer.config.kinds import (
     BOOLEAN,
     DURATION,
+    INPUTS,
     MULTIPLIER,
     OPTIONAL_PATH,
-    PATH,
     POSITIVE,
     SIZE,
     TEXT,
@@ -42,11 +42,18 @@ FsyncPolicy = Literal["always", "interval", "never"]  # here, not in rxstreamer.
 
 @dataclass(frozen=True)
 class TelemetrySettings:
-    metrics_path: Path = setting(PATH, "./test-data/metrics.csv", "the DCGM CSV to stream", "--metrics-path")
+    metrics_path: Path | tuple[str, ...] = setting(
+        INPUTS,
+        "./test-data/metrics.csv",
+        "the file to stream, or the `http://` or `https://` endpoints to scrape (a list; the flag repeated)",
+        "--metrics-path",
+    )
     format: str = setting(
         choice("rxstreamer.sources:SOURCE_FORMATS"),
         "auto",
-        "the input's format: `auto` picks it by the file's extension, `csv` is a DCGM exporter CSV",
+        "the input's format: `auto` picks it by the file's extension, `csv` is a DCGM exporter CSV, "
+        "`jsonl` is one JSON object a line as `tail` prints them (`.jsonl`, `.ndjson`), "
+        "`prometheus` is a saved dcgm-exporter scrape in Prometheus text (`.prom`, `.txt`)",
         "run validate --format",
     )
     stream_interval: float = setting(
@@ -59,6 +66,15 @@ class TelemetrySettings:
         "original",
         "`original` keeps the CSV time; `processing` stamps rows with the time they are published",
         "--timestamps",
+    )
+    scrape_interval: float = setting(
+        POSITIVE, "30s", "when scraping: how often each endpoint is scraped (dcgm-exporter collects every 30s)"
+    )
+    scrape_timeout: float = setting(
+        DURATION,
+        "0s",
+        "when scraping: how long one scrape of one endpoint may take, at most `scrape_interval`; `0s`: until the "
+        "next scrape is due",
     )
     transforms: tuple[str, ...] = setting(
         TRANSFORMS,

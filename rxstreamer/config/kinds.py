@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, cast, get_args
+from urllib.parse import urlsplit
 
 from rxstreamer.durations import DURATION_HELP, format_duration, parse_duration, parse_size
 
@@ -31,6 +32,7 @@ class Kind(Generic[T]):
 
     convert: Callable[[Any], T]
     show: Callable[[Any], object] = lambda value: value
+    repeatable: bool = False  # its flag may be given several times, for a list
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,28 @@ def _transforms(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+_INPUTS = "must be a file path, or http:// or https:// URLs to scrape (a list, or separated by commas)"
+
+
+def _inputs(value: Any) -> Path | tuple[str, ...]:
+    """A file to stream, or the endpoints to scrape: "://" tells them apart, and the two never mix."""
+    items = list(value) if isinstance(value, list | tuple) else [value]
+    if isinstance(value, str) and "://" in value:
+        items = [part.strip() for part in value.split(",") if part.strip()]
+    if not items or not all(isinstance(item, str | Path) for item in items):
+        raise ValueError(_INPUTS)
+    urls = [str(item) for item in items if "://" in str(item)]
+    if not urls and len(items) == 1:
+        return PATH.convert(items[0])
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{_INPUTS}; {url!r} is not an http:// or https:// URL with a host")
+    if len(urls) != len(items):
+        raise ValueError(f"{_INPUTS}; a file is streamed on its own, not beside URLs or other files")
+    return tuple(dict.fromkeys(urls))
+
+
 _TOPIC = "must be 1 to 255 characters from A-Z, a-z, 0-9, '.', '_' and '-'"
 _POSITIVE = f"must be greater than zero; expected {DURATION_HELP}"
 
@@ -119,6 +143,7 @@ SIZE: Final = Kind(_rule(lambda v: parse_size(v) >= 1, "must be at least 1 byte"
 DURATION: Final = Kind(parse_duration, format_duration)
 POSITIVE: Final = Kind(_rule(lambda v: parse_duration(v) > 0, _POSITIVE, parse_duration), format_duration)
 TRANSFORMS: Final = Kind(_transforms, list)
+INPUTS: Final = Kind(_inputs, lambda value: str(value) if isinstance(value, Path) else list(value), repeatable=True)
 
 
 def integer(minimum: int, maximum: int | None = None) -> Kind[int]:

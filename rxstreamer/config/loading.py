@@ -86,6 +86,10 @@ def load_settings(
     if retry.max_backoff < retry.initial_backoff:
         floor = format_duration(retry.initial_backoff)
         raise ConfigError(name, values[name], f"must be >= message_queue.retry.initial_backoff ({floor})")
+    telemetry, name = settings.telemetry, "telemetry.scrape_timeout"
+    if telemetry.scrape_timeout > telemetry.scrape_interval:  # 0s means the interval
+        ceiling = format_duration(telemetry.scrape_interval)
+        raise ConfigError(name, values[name], f"must be <= telemetry.scrape_interval ({ceiling})")
     return settings
 
 

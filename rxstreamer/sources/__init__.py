@@ -5,19 +5,23 @@
 - ``lines``: the format-agnostic bounded line reader (bounds, byte positions and resume, BOM, CRLF, NUL,
   over-long lines, loop passes, shrink and rotation at end of file).
 - ``dcgm_csv``: the DCGM CSV format (``CsvRows``) on top of it.
+- ``json_lines``: JSON lines (``JsonLinesRows``), one object a line with the CSV's field names, so that what
+  ``rxstreamer tail`` prints can be streamed again.
+- ``prometheus_text``: the Prometheus text exposition format, a saved dcgm-exporter scrape (``PrometheusRows``),
+  with its pure line parser (``ExpositionParser``, ``parse_exposition``) shared with live scraping.
 - ``observable``: any source as a cold observable.
 
 ``open_source`` picks the format named by ``telemetry.format``; ``"auto"`` picks it by the file's
 extension (case-insensitive), and an extension no format claims is a ``SourceError`` asking for the
 setting rather than a guess.
 
-Adding a format (JSON lines, say) is one module and one line:
+Adding a format is one module and one line, as JSON lines was added:
 
-1. ``rxstreamer/sources/json_lines.py`` with a class whose constructor takes the options of
+1. A module (``rxstreamer/sources/json_lines.py``) with a class whose constructor takes the options of
    ``SourceOpener`` (``path``, ``loop``, ``on_reject``, ``start``, ``max_field_size``, ``sentinels``) and
    that satisfies ``Source``. A line-based format iterates ``LineReader(...).passes()`` and each pass's
    lines, turns each line into a row or a ``Rejection`` (through ``LineReader.reject``) and reports
-   ``position`` and ``stats`` from the reader, as ``dcgm_csv`` does.
+   ``position`` and ``stats`` from the reader, as ``dcgm_csv`` and ``json_lines`` do.
 2. One entry in ``FORMATS`` below: ``"jsonl": SourceFormat((".jsonl", ".ndjson"), JsonLinesRows),``.
 
 ``SOURCE_FORMATS`` (what ``telemetry.format`` accepts) and the auto choice follow from ``FORMATS``.
@@ -40,6 +44,8 @@ from rxstreamer.sources.base import (
     SourceStats,
 )
 from rxstreamer.sources.dcgm_csv import CsvRows, rows_from_csv
+from rxstreamer.sources.json_lines import JsonLinesRows
+from rxstreamer.sources.prometheus_text import PrometheusRows
 
 __all__ = [
     "AUTO",
@@ -47,6 +53,8 @@ __all__ = [
     "FORMATS",
     "SOURCE_FORMATS",
     "CsvRows",
+    "JsonLinesRows",
+    "PrometheusRows",
     "RejectHandler",
     "Source",
     "SourceError",
@@ -71,6 +79,8 @@ class SourceFormat:
 #: Every format by the name ``telemetry.format`` gives it.
 FORMATS: dict[str, SourceFormat] = {
     "csv": SourceFormat((".csv",), CsvRows),
+    "jsonl": SourceFormat((".jsonl", ".ndjson"), JsonLinesRows),
+    "prometheus": SourceFormat((".prom", ".txt"), PrometheusRows),
 }
 
 AUTO = "auto"

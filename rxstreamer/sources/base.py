@@ -24,6 +24,7 @@ from rxstreamer.parsing import SentinelMode
 
 __all__ = [
     "DEFAULT_MAX_FIELD_SIZE",
+    "Live",
     "RejectHandler",
     "Source",
     "SourceError",
@@ -97,6 +98,17 @@ class Source(Protocol):
     def stats(self) -> SourceStats: ...
 
     def check(self) -> None: ...
+
+
+@runtime_checkable
+class Live(Protocol):
+    """A source that waits for its data (a scrape on a schedule) and so never ends by itself.
+
+    ``interrupt()`` is called from another thread when the stream is asked to stop: the source stops
+    waiting and ends its iteration, so that stopping does not wait for the next scrape.
+    """
+
+    def interrupt(self) -> None: ...
 
 
 class SourceOpener(Protocol):
