@@ -1,12 +1,15 @@
 """Every benchmark in one run, summarised in one table: what ``make bench`` runs.
 
 Runs, one after the other and with their defaults: throughput (bench/throughput.py), memory and start
-(bench/memory_and_start.py), pacing (bench/pacing.py) and idle cost (bench/idle.py). Each prints its
+(bench/memory_and_start.py), pacing (bench/pacing.py), idle cost (bench/idle.py), exposition parsing
+(bench/exposition_parsing.py) and live scraping at cluster scale (bench/scraping.py, about 1 minute of the
+total). Each prints its
 progress on stderr and its detailed tables as it finishes; at the end comes one combined table, which is
 also written, with the machine and the detailed tables, to bench/out/results.md. About 6 minutes on
 2 cores; ``--quick`` runs smaller sizes and one round each (about half a minute), as a smoke test.
 
-    .venv/bin/python bench/run_all.py [--quick] [--only throughput,memory,pacing,idle] [--output FILE]
+    .venv/bin/python bench/run_all.py [--quick] [--only throughput,memory,pacing,idle,exposition,scraping]
+        [--output FILE]
 
 Every figure is printed, none is asserted. See docs/benchmarks.md for what each figure means.
 """
@@ -21,9 +24,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import exposition_parsing
 import idle
 import memory_and_start
 import pacing
+import scraping
 import throughput
 from _common import OUT, Report, figures_table, machine_description, source_revision
 
@@ -44,6 +49,14 @@ BENCHMARKS: dict[str, tuple[Callable[[], Report], Callable[[], Report]]] = {
     "idle": (
         lambda: idle.run(seconds=20, rounds=3),
         lambda: idle.run(seconds=5, rounds=1),
+    ),
+    "exposition": (
+        lambda: exposition_parsing.run(hosts=64, gpus=8, rounds=5),
+        lambda: exposition_parsing.run(hosts=8, gpus=8, rounds=1),
+    ),
+    "scraping": (  # about 1 minute: 10 s intervals are waited out
+        lambda: scraping.run(exporters=200, gpus=8, interval=10, rounds=3, capacity_rounds=5),
+        lambda: scraping.run(exporters=20, gpus=8, interval=2, rounds=1, capacity_rounds=1),
     ),
 }
 

@@ -143,6 +143,9 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a scraper holding a connection open must not keep a stopping process alive
+    # As many exporters as a load test asks for are scraped at once; the default backlog of 5 drops their
+    # connections, and the scraper's retries (1 s, 3 s, ...) would be measured instead of the scrapes.
+    request_queue_size = 1024
     exporters: VirtualExporters
 
     def handle_error(self, request: Any, client_address: Any) -> None:

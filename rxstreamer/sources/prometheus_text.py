@@ -193,7 +193,8 @@ class ExpositionParser:
 
     ``default_time`` (timezone-aware) is the time of samples without a timestamp: the scrape's time.
     ``reject_sentinels`` is ``sentinels == "reject"``. ``eof_line`` says that an ``# EOF`` was already
-    seen on that line, for a reader that resumes past it. One parser reads one scrape or one file pass.
+    seen on that line, for a reader that resumes past it. One parser reads one file pass, or the scrapes of one
+    target one after the other (``restart``).
     """
 
     def __init__(self, default_time: datetime, reject_sentinels: bool = True, *, eof_line: int | None = None) -> None:
@@ -210,6 +211,17 @@ class ExpositionParser:
         # text would miss on every line, while a full cache still serves the label sets it holds.
         self._label_sets: dict[str, _LabelSet | str] = {}
         self._times: dict[str, datetime] = {}
+
+    def restart(self, default_time: datetime) -> None:
+        """Read another text of the same source (the next scrape of a target), keeping what was learnt.
+
+        The caches of names and label sets carry over, so the next scrape's rows share the label mappings of
+        the last one: cheaper to parse, and the encoder (whose cache keys on those mappings) hits as well.
+        """
+        if default_time.tzinfo is None or default_time.utcoffset() is None:
+            raise ValueError(f"default_time must be timezone-aware, got {default_time.isoformat()}")
+        self.default_time = default_time.astimezone(UTC)
+        self.eof_line = None
 
     @property
     def types(self) -> Mapping[str, str]:

@@ -185,6 +185,8 @@ class ScrapeRows:
         self._sleep = sleep or self._stop.wait
         self.schedule = ScrapeSchedule(interval, next_slot=start.offset + 1 if start is not None else 0)
         self.target_stats = {target: TargetStats() for target in self.targets}
+        # One parser per target, kept across its scrapes: its label sets are learnt once (see ``restart``).
+        self._parsers: dict[str, ExpositionParser] = {}
         self._stats = SourceStats()
         self._scrapes = start.line if start is not None else 0
         self._position = start if start is not None else Position(0, 0)
@@ -270,7 +272,11 @@ class ScrapeRows:
 
     def _rows(self, target: str, body: bytes, scraped_at: datetime) -> Iterator[MetricRow]:
         """The body's samples as rows; the target counts as up once one line became a row."""
-        parser = ExpositionParser(default_time=scraped_at, reject_sentinels=self.sentinels == "reject")
+        parser = self._parsers.get(target)
+        if parser is None:
+            parser = self._parsers[target] = ExpositionParser(scraped_at, reject_sentinels=self.sentinels == "reject")
+        else:
+            parser.restart(scraped_at)
         stats, counts = self.target_stats[target], self._stats
         good = rejected = 0
         for number, text in _lines(body, self.max_field_size):
