@@ -25,7 +25,7 @@ STREAMER_FLAGS = $(CONFIG_FLAG) $(call given,MQ_ADDRESS,--mq-address) $(call giv
                  $(call given,INTERVAL,--interval)
 
 .PHONY: help install proto proto-check lint typecheck test test-fast run mq telemetry-streamer run-streamer \
-        tail test-data bench clean tools
+        tail test-data bench clean tools run-nats
 
 help: ## List the targets and the variables they take
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-20s %s\n", $$1, $$2}'
@@ -39,7 +39,7 @@ help: ## List the targets and the variables they take
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,broker]'
+	$(PY) -m pip install --quiet -e '.[dev,broker,nats]'
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv with rxstreamer and its development tools
@@ -67,15 +67,22 @@ test: $(STAMP) tools proto-check lint typecheck ## Everything CI checks: generat
 	$(PY) -m pytest
 
 # promtool (Debian's prometheus package) lints the exposition text `generate --format prometheus` writes and
-# serves. Installed only when it is missing: apt-get update runs only when the install fails without it.
-tools: ## Install promtool (apt, package prometheus) when it is not on PATH; the tests lint with it
-	@command -v promtool >/dev/null 2>&1 || { \
+# serves; nats-server (Debian's nats-server package, 2.9) runs the three-node JetStream cluster of the NATS tests
+# (tests/nats_cluster.py starts its own servers: the package starts none). Each is installed only when it is
+# missing, both in one apt-get install: apt-get update runs only when the install fails without it. The package
+# puts nats-server in /usr/sbin, which a non-root user's PATH lacks: it is looked for there too (as the tests do).
+tools: ## Install promtool (apt, package prometheus) and nats-server (apt) when they are not on PATH; tests use both
+	@export PATH="$$PATH:/usr/sbin"; packages=""; \
+	command -v promtool >/dev/null 2>&1 || packages="$$packages prometheus"; \
+	command -v nats-server >/dev/null 2>&1 || packages="$$packages nats-server"; \
+	[ -z "$$packages" ] || { \
 	  sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
-	  install="$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus"; \
-	  echo "installing promtool: $$install"; \
+	  install="$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends$$packages"; \
+	  echo "installing$$packages: $$install"; \
 	  $$install >/dev/null || { $$sudo apt-get update -q >/dev/null && $$install >/dev/null; }; \
 	}
 	@promtool --version 2>&1 | head -n 1
+	@PATH="$$PATH:/usr/sbin" nats-server --version
 
 test-fast: $(STAMP) ## Only the test suite
 	$(PY) -m pytest -q
@@ -89,6 +96,17 @@ run: $(STAMP) ## Quick start: a broker and the streamer on METRICS, ending with 
 	  --interval '$(INTERVAL)'; \
 	echo "--- the first 3 metrics the queue holds (rxstreamer tail):"; \
 	$(PY) -m rxstreamer tail $(CONFIG_FLAG) --mq-address '$(MQ_ADDRESS)' --from-beginning --count 3
+
+# The cluster is the tests' harness (tests/nats_cluster.py --serve): three nats-servers on free 127.0.0.1 ports in a
+# temporary directory, gone at the end. It writes its address to a file once JetStream is ready (or exits with the
+# servers' logs after its own deadline), and on SIGTERM prints what each stream holds before stopping.
+run-nats: $(STAMP) tools ## Like run, into a local three-node NATS JetStream cluster (MQ_ADDRESS is not used)
+	@set -e; tmp=$$(mktemp -d); \
+	$(PY) -m tests.nats_cluster --serve --address-file "$$tmp/address" & cluster=$$!; \
+	trap 'kill -TERM $$cluster 2>/dev/null; wait $$cluster 2>/dev/null || true; rm -rf "$$tmp"' EXIT; \
+	while [ ! -s "$$tmp/address" ]; do kill -0 $$cluster 2>/dev/null || exit 1; sleep 0.1; done; \
+	$(PY) -m rxstreamer run $(CONFIG_FLAG) --mq-address "$$(cat "$$tmp/address")" --metrics-path '$(METRICS)' \
+	  --interval '$(INTERVAL)'
 
 mq: $(STAMP) ## Run the reference broker (on MQ_ADDRESS when set)
 	$(PY) -m rxstreamer mq $(CONFIG_FLAG) $(call given,MQ_ADDRESS,--listen)

@@ -184,7 +184,15 @@ def _tail(args: argparse.Namespace) -> int:
         with_batch=args.with_batch,
     )
     try:
-        tail(options, sys.stdout, notify=lambda text: print(f"rxstreamer: {text}", file=sys.stderr, flush=True))
+        if options.address.startswith("nats://"):
+            try:
+                from rxstreamer.tail_nats import tail_nats
+            except ImportError as error:
+                return _fail(f"nats:// needs: pip install 'rxstreamer[nats]' ({error})", EXIT_FAILURE)
+
+            tail_nats(options, sys.stdout, settings.message_queue.nats.stream)
+        else:
+            tail(options, sys.stdout, notify=lambda text: print(f"rxstreamer: {text}", file=sys.stderr, flush=True))
     except TailError as error:
         return _fail(str(error), EXIT_FAILURE)
     except BrokenPipeError:

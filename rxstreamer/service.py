@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Literal, cast
 
@@ -41,6 +42,7 @@ from rxstreamer.quarantine import Quarantine, RejectionReporter
 from rxstreamer.queue_status import QueueStatus
 from rxstreamer.retry import RetryPolicy
 from rxstreamer.sinks import Sink, SinkAddressError, SinkOptions, open_sink, split_address
+from rxstreamer.sinks.base import ResumePoint
 from rxstreamer.sources import Source, format_of, open_source
 from rxstreamer.sources.base import Live
 
@@ -192,6 +194,7 @@ class _Plan:
     checkpointer: Checkpointer | None
     reporter: RejectionReporter
     quarantine: Quarantine | None
+    resume: ResumePoint | None  # the checkpoint resumed from, for a sink that looks for batches stored after it
 
 
 @dataclass(frozen=True)
@@ -230,7 +233,11 @@ def _plan(settings: Settings, transforms: Sequence[Operator]) -> _Plan:
         )
     encoder = BatchEncoder(read.producer_id, timestamps=telemetry.timestamps, first_sequence=resume.first_sequence)
     all_transforms = [*load_transforms(telemetry.transforms), *transforms]
-    return _Plan(rows, encoder, all_transforms, checkpointer, reporter, quarantine)
+    before = resume.before
+    point = None
+    if before is not None and before.producer_id == read.producer_id and before.written_at:
+        point = ResumePoint(before.producer_id, before.sequence, datetime.fromisoformat(before.written_at))
+    return _Plan(rows, encoder, all_transforms, checkpointer, reporter, quarantine, point)
 
 
 def _file_input(settings: Settings, path: Path) -> _Input:
@@ -386,7 +393,7 @@ def run_streamer(
     pipeline_thread = _PipelineThread(outcome.on_error)
     scheduler = EventLoopScheduler(thread_factory=pipeline_thread)
     status = QueueStatus(queue.address, alert_after=queue.unreachable_alert_after)
-    sink = open_sink(
+    sink = _open_sink(
         queue.address,
         queue.topic,
         SinkOptions(
@@ -394,6 +401,8 @@ def run_streamer(
             scheduler=scheduler,
             on_connectivity=status.connectivity,
             background=queue.publish_in_background,
+            settings=queue,
+            resume=plan.resume,
         ),
     )
     # Logged once the sink is open (its module imported, its channel made): from here on, time is streaming.
@@ -455,6 +464,13 @@ def run_streamer(
     summary = _summary(reason, counts.now(), time.monotonic() - started, outcome.error)
     _log_summary(summary, plan)
     return summary
+
+
+def _open_sink(address: str, topic: str, options: SinkOptions) -> Sink:
+    try:
+        return open_sink(address, topic, options)
+    except SinkAddressError as error:  # a sink whose extra is not installed: a setting this install cannot serve
+        raise ConfigError("message_queue.address", address, str(error)) from error
 
 
 def started_fields(settings: Settings, producer_id: str) -> dict[str, object]:

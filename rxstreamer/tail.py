@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError
 
 from rxstreamer.encoding import CONTENT_TYPE, decode_batch, metric_to_dict
 from rxstreamer.proto import mq_pb2, mq_pb2_grpc
+from rxstreamer.proto.telemetry_pb2 import MetricBatch
 
 
 class TailError(Exception):
@@ -166,11 +167,16 @@ def _print_message(message: mq_pb2.Message, options: TailOptions, out: TextIO, l
         batch = decode_batch(message.payload)
     except DecodeError as error:
         raise TailError(f"message at offset {message.offset} is not a MetricBatch: {error}") from error
+    return print_batch(batch, message.offset, options, out, limit)
+
+
+def print_batch(batch: MetricBatch, offset: int, options: TailOptions, out: TextIO, limit: int | None) -> int:
+    """A batch's metrics as JSON lines (at most ``limit``), whichever queue it came from."""
     metrics = batch.metrics if limit is None else batch.metrics[:limit]
     for metric in metrics:
         line = metric_to_dict(metric)
         if options.with_batch:
-            line.update(producer_id=batch.producer_id, sequence=batch.sequence, offset=message.offset)
+            line.update(producer_id=batch.producer_id, sequence=batch.sequence, offset=offset)
         out.write(json.dumps(line) + "\n")
     out.flush()
     return len(metrics)

@@ -51,7 +51,7 @@ PUBLIC_NAMES = [
     "run_streamer",
 ]
 
-NO_SCHEME = "unknown scheme 'nats': the schemes are grpc:// (a bare host:port means grpc://)"
+NO_SCHEME = "unknown scheme 'kafka': the schemes are grpc://, nats:// (a bare host:port means grpc://)"
 
 
 def test_the_public_names_are_exactly_the_pinned_ones() -> None:
@@ -116,7 +116,7 @@ def test_split_address_keeps_ipv6_targets_whole() -> None:
 @pytest.mark.parametrize(
     ("address", "message"),
     [
-        ("nats://queue:4222", NO_SCHEME),
+        ("kafka://queue:9092", NO_SCHEME),
         ("grpc://", "'grpc://' names no host:port after grpc://"),
     ],
 )
@@ -128,12 +128,12 @@ def test_an_address_no_sink_serves_is_refused_naming_the_schemes(address: str, m
 
 
 def test_the_streamer_refuses_an_unknown_scheme_as_a_bad_setting_before_it_starts() -> None:
-    """run_streamer with message_queue.address nats://...: ConfigError naming the setting, and nothing logged."""
+    """run_streamer with message_queue.address kafka://...: ConfigError naming the setting, and nothing logged."""
     settings = load_settings(overrides={"telemetry.metrics_path": str(TEST_DATA_CSV)}, environ={})
-    queue = dataclasses.replace(settings.message_queue, address="nats://queue:4222")
+    queue = dataclasses.replace(settings.message_queue, address="kafka://queue:9092")
     with capture_logs() as logs, pytest.raises(ConfigError) as refused:
         run_streamer(dataclasses.replace(settings, message_queue=queue))
-    assert str(refused.value) == f"message_queue.address = 'nats://queue:4222': {NO_SCHEME}"
+    assert str(refused.value) == f"message_queue.address = 'kafka://queue:9092': {NO_SCHEME}"
     assert logs == []
 
 

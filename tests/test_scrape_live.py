@@ -25,6 +25,7 @@ from tests.processes import (
     Watched,
     broker_process,
     child_env,
+    event,
     free_port,
     read_topic,
     rxstreamer_command,
@@ -81,7 +82,6 @@ def test_three_exporters_one_killed_and_restarted_the_others_scraped_without_a_g
             "16",
             settings={
                 "RXSTREAMER_TELEMETRY__SCRAPE_INTERVAL": f"{INTERVAL_S}s",
-                "RXSTREAMER_TELEMETRY__SCRAPE_TIMEOUT": "500ms",
                 "RXSTREAMER_SHUTDOWN__TIMEOUT": f"{SHUTDOWN_TIMEOUT_S}s",
             },
         )
@@ -119,8 +119,13 @@ def test_three_exporters_one_killed_and_restarted_the_others_scraped_without_a_g
     every_scrape = sorted(set.union(*by_exporter.values()), key=_moment)
     steady = [times for times in by_exporter.values() if times == set(every_scrape)]
     assert len(steady) == 2, "the two exporters that stayed up were not in every scrape"
+    # Every scrape the streamer took is in the stream, and slots went unscraped only as many as it counted
+    # (when the machine is too busy to keep up, a scrape waits for the pipeline and the slots between are skipped).
+    scrapes = event(finished.lines, "scrape.summary")
+    assert len(every_scrape) == scrapes["scrapes"]
     gaps = [_moment(later) - _moment(earlier) for earlier, later in itertools.pairwise(every_scrape)]
-    assert max(gaps) < timedelta(seconds=1.5 * INTERVAL_S), f"a scrape interval was missed: {max(gaps)}"
+    allowed = timedelta(seconds=(scrapes["scrapes_skipped"] + 1.5) * INTERVAL_S)
+    assert max(gaps) < allowed, f"a scrape interval was missed without being counted: {max(gaps)}"
     (restarted,) = [times for times in by_exporter.values() if times != set(every_scrape)]
     missed = set(every_scrape) - restarted
     assert len(missed) >= 2

@@ -38,6 +38,8 @@ FLAGS: list[tuple[str, str, str]] = [
     ("run", "--log-level", "logging.level"),
     ("mq", "--log-level", "logging.level"),
     ("tail", "--log-level", "logging.level"),
+    ("run", "--nats-stream", "message_queue.nats.stream"),
+    ("tail", "--nats-stream", "message_queue.nats.stream"),
 ]
 
 

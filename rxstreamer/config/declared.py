@@ -15,6 +15,7 @@ from rxstreamer.config.kinds import (
     DURATION,
     INPUTS,
     MULTIPLIER,
+    NATS_NAME,
     OPTIONAL_PATH,
     POSITIVE,
     SIZE,
@@ -128,11 +129,29 @@ class RetrySettings:
 
 
 @dataclass(frozen=True)
+class NatsSettings:
+    stream: str = setting(
+        NATS_NAME,
+        "GPU_TELEMETRY",
+        "the JetStream stream (subjects `rxstreamer.>`), created when missing",
+        "run tail --nats-stream",
+    )
+    replicas: int = setting(
+        integer(0, 5),
+        0,
+        "replicas of a stream the streamer creates; `0`: 3 when three or more servers are given, else 1",
+    )
+    duplicate_window: float = setting(
+        POSITIVE, "10m", "how long JetStream drops a re-sent batch by its `Nats-Msg-Id`, for a stream it creates"
+    )
+
+
+@dataclass(frozen=True)
 class MessageQueueSettings:
     address: str = setting(
         host_port(1, "rxstreamer.sinks:SCHEMES"),
         "localhost:50051",
-        "`host:port` (or `grpc://host:port`) of the queue",
+        "`host:port` (or `grpc://host:port`) of the queue; `nats://h1:4222,nats://h2:4222,...` for NATS JetStream",
         "run tail --mq-address",
     )
     topic: str = setting(TOPIC, "gpu-telemetry", "the topic to publish to (and to read from)", "run tail --topic")
@@ -158,6 +177,7 @@ class MessageQueueSettings:
         "how long the queue may stay unreachable before one `mq.unreachable_alert` line at level `error`",
     )
     retry: RetrySettings = table(RetrySettings)
+    nats: NatsSettings = table(NatsSettings)
 
 
 @dataclass(frozen=True)

@@ -143,6 +143,8 @@ SIZE: Final = Kind(_rule(lambda v: parse_size(v) >= 1, "must be at least 1 byte"
 DURATION: Final = Kind(parse_duration, format_duration)
 POSITIVE: Final = Kind(_rule(lambda v: parse_duration(v) > 0, _POSITIVE, parse_duration), format_duration)
 TRANSFORMS: Final = Kind(_transforms, list)
+_NATS_NAME = "must be 1 to 255 characters without spaces, '.', '*', '>' or path separators"
+NATS_NAME: Final = Kind(_rule(lambda v: isinstance(v, str) and re.fullmatch(r"[^\s.*>/\\]{1,255}", v), _NATS_NAME, str))
 INPUTS: Final = Kind(_inputs, lambda value: str(value) if isinstance(value, Path) else list(value), repeatable=True)
 
 
@@ -181,9 +183,18 @@ def _declared_by(owner: str) -> tuple[str, ...]:
 
 
 def host_port(min_port: int, schemes_owner: str = "") -> Kind[str]:
-    """host:port (an IPv6 host in brackets), or SCHEME://host:port for a scheme ``schemes_owner`` declares."""
+    """host:port (an IPv6 host in brackets), or SCHEME://host:port for a scheme ``schemes_owner`` declares;
+    NATS takes every seed server of its cluster: ``nats://h1:4222,nats://h2:4222``."""
 
     def convert(value: Any) -> str:
+        several = value.split(",") if isinstance(value, str) and value.startswith("nats://") else [value]
+        if isinstance(value, str) and "," in value and len(several) == 1:
+            raise ValueError("only nats:// takes several servers, separated by commas")
+        for server in several:
+            one(server.strip() if isinstance(server, str) else server)
+        return str(value)
+
+    def one(value: Any) -> None:
         schemes = _declared_by(schemes_owner) if schemes_owner else ()
         allowed = f'must be host:port with a port from {min_port} to 65535, e.g. "localhost:50051", '
         allowed += '"10.0.0.5:50051" or "[::1]:50051"' + "".join(f", or {scheme}://host:port" for scheme in schemes)
@@ -195,7 +206,6 @@ def host_port(min_port: int, schemes_owner: str = "") -> Kind[str]:
         host, _, port = rest.rpartition(":")
         if not _is_host(host) or not re.fullmatch(r"[0-9]{1,5}", port) or not min_port <= int(port) <= 65535:
             raise ValueError(allowed)
-        return str(value)
 
     return Kind(convert)
 

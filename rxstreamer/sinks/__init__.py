@@ -33,6 +33,7 @@ __all__ = [
 #: Each scheme's sink, as "module:class"; imported on first use.
 _SCHEMES: dict[str, str] = {
     "grpc": "rxstreamer.sinks.grpc:GrpcSink",
+    "nats": "rxstreamer.sinks.nats:NatsSink",
 }
 
 #: The schemes ``message_queue.address`` may name (the settings check it against this).
@@ -67,5 +68,9 @@ def open_sink(address: str, topic: str, options: SinkOptions) -> Sink:
     """Open the sink ``address`` names, for ``topic``."""
     scheme, target = split_address(address)
     module_name, _, attribute = _SCHEMES[scheme].partition(":")
-    factory = cast(Callable[[str, str, SinkOptions], Sink], getattr(importlib.import_module(module_name), attribute))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:  # a sink whose client library is an extra that is not installed
+        raise SinkAddressError(f"{scheme}:// needs: pip install 'rxstreamer[{scheme}]' ({error})") from error
+    factory = cast(Callable[[str, str, SinkOptions], Sink], getattr(module, attribute))
     return factory(target, topic, options)

@@ -16,11 +16,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from datetime import datetime
+from typing import TYPE_CHECKING, Protocol
 
 from reactivex import Observable, abc
 
 from rxstreamer.model import EncodedBatch, PublishAck
+
+if TYPE_CHECKING:
+    from rxstreamer.config.declared import MessageQueueSettings
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,22 @@ class SinkOptions:
     scheduler: abc.SchedulerBase
     on_connectivity: Callable[[str], None] | None = None
     background: bool = False
+    settings: MessageQueueSettings | None = None  # for a sink's own settings (message_queue.nats, say)
+    resume: ResumePoint | None = None
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """The last batch the checkpoint says was acknowledged, for a sink whose queue forgets re-sends.
+
+    A queue that drops re-sent batches only within a window (JetStream's duplicate window) cannot be left to
+    recognise the batch that was in flight when the last run stopped, if that run stopped long enough ago:
+    such a sink looks in the queue for batches of this producer after ``sequence``, stored since ``acked_at``.
+    """
+
+    producer_id: str
+    sequence: int
+    acked_at: datetime
 
 
 @dataclass
