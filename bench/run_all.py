@@ -2,13 +2,14 @@
 
 Runs, one after the other and with their defaults: throughput (bench/throughput.py), memory and start
 (bench/memory_and_start.py), pacing (bench/pacing.py), idle cost (bench/idle.py), exposition parsing
-(bench/exposition_parsing.py) and live scraping at cluster scale (bench/scraping.py, about 1 minute of the
-total). Each prints its
-progress on stderr and its detailed tables as it finishes; at the end comes one combined table, which is
-also written, with the machine and the detailed tables, to bench/out/results.md. About 6 minutes on
-2 cores; ``--quick`` runs smaller sizes and one round each (about half a minute), as a smoke test.
+(bench/exposition_parsing.py), live scraping at cluster scale (bench/scraping.py, about 1 minute of the
+total) and NATS JetStream against the reference broker (bench/nats_throughput.py, about 4 minutes; it needs
+``nats-server`` from `make tools` and the ``nats`` extra, and reports itself skipped without them). Each prints
+its progress on stderr and its detailed tables as it finishes; at the end comes one combined table, which is
+also written, with the machine and the detailed tables, to bench/out/results.md. About 10 minutes on
+2 cores; ``--quick`` runs smaller sizes and one round each (under a minute), as a smoke test.
 
-    .venv/bin/python bench/run_all.py [--quick] [--only throughput,memory,pacing,idle,exposition,scraping]
+    .venv/bin/python bench/run_all.py [--quick] [--only throughput,memory,pacing,idle,exposition,scraping,nats]
         [--output FILE]
 
 Every figure is printed, none is asserted. See docs/benchmarks.md for what each figure means.
@@ -27,6 +28,7 @@ from pathlib import Path
 import exposition_parsing
 import idle
 import memory_and_start
+import nats_throughput
 import pacing
 import scraping
 import throughput
@@ -57,6 +59,10 @@ BENCHMARKS: dict[str, tuple[Callable[[], Report], Callable[[], Report]]] = {
     "scraping": (  # about 1 minute: 10 s intervals are waited out
         lambda: scraping.run(exporters=200, gpus=8, interval=10, rounds=3, capacity_rounds=5),
         lambda: scraping.run(exporters=20, gpus=8, interval=2, rounds=1, capacity_rounds=1),
+    ),
+    "nats": (  # about 4 minutes; 10 s with --quick
+        lambda: nats_throughput.run(rows=200_000, batch_sizes=(100, 1000), rounds=3, windows=(4, 16, 64)),
+        lambda: nats_throughput.run(rows=20_000, batch_sizes=(100, 1000), rounds=1, windows=(4, 16, 64)),
     ),
 }
 

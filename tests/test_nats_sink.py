@@ -32,6 +32,10 @@ def test_a_file_goes_into_a_three_replica_stream_once_and_in_order(cluster: Nats
     again = run_streamer("--mq-address", cluster.address, "--interval", "0s", "--batch-size", "50")
     assert again.summary["duplicates"] == again.summary["batches_published"] == 20  # dropped by Nats-Msg-Id
     assert len(read_stream(cluster.address)) == 960
+    # JetStream de-duplicates stream-wide: the same batches to another topic are other messages.
+    other = run_streamer("--mq-address", cluster.address, "--interval", "0s", "--batch-size", "50", "--topic", "b")
+    assert (other.summary["duplicates"], other.summary["batches_published"]) == (0, 20)
+    assert_same_metrics(read_stream(cluster.address, topic="b"), csv_records(TEST_DATA_CSV))
 
 
 @pytest.mark.realdata

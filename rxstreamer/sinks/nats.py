@@ -2,7 +2,8 @@
 
 ``message_queue.address = "nats://h1:4222,nats://h2:4222,..."`` names every seed server of the cluster. A
 batch is published as one JetStream message: the encoded ``MetricBatch`` as payload, with the headers
-``Nats-Msg-Id: <producer_id>:<sequence>``, the content type and the content digest. The publish
+``Nats-Msg-Id: <topic>/<producer_id>:<sequence>`` (the topic because JetStream de-duplicates stream-wide), the
+content type and the content digest. The publish
 acknowledgement (the stream sequence, and whether JetStream found the message id already stored) becomes
 the ``PublishAck`` that drives checkpoints, exactly as the gRPC broker's answer does.
 
@@ -67,8 +68,10 @@ def servers_of(target: str) -> list[str]:
     return [f"nats://{part.strip().removeprefix('nats://')}" for part in target.split(",") if part.strip()]
 
 
-def message_id(batch: EncodedBatch) -> str:
-    return f"{batch.producer_id}:{batch.sequence}"
+def message_id(topic: str, batch: EncodedBatch) -> str:
+    """``<topic>/<producer_id>:<sequence>``. JetStream de-duplicates across the whole stream, every subject
+    of it: without the topic, the same file streamed to a second topic would be dropped as duplicates."""
+    return f"{topic}/{batch.producer_id}:{batch.sequence}"
 
 
 def subject_covers(pattern: str, subject: str) -> bool:
@@ -112,6 +115,7 @@ class NatsSink:
             raise ValueError("the NATS sink needs the message_queue settings (SinkOptions.settings)")
         self.address = target
         self._servers = servers_of(target)
+        self._topic = topic
         self._subject = f"{SUBJECT_PREFIX}.{topic}"
         self._settings = options.settings.nats
         self._timeout = options.timeout
@@ -195,7 +199,7 @@ class NatsSink:
             if stored is not None:  # stored by the last run, its ack lost: answered without sending it again
                 return self._ack(batch, stored, duplicate=True)
         headers = {
-            MSG_ID_HEADER: message_id(batch),
+            MSG_ID_HEADER: message_id(self._topic, batch),
             "content-type": batch.content_type,
             CONTENT_DIGEST_HEADER: batch.content_digest,
         }
@@ -289,7 +293,7 @@ class NatsSink:
         info = await js.stream_info(self._settings.stream)
         first, last = info.state.first_seq, info.state.last_seq
         since = resume.acked_at - CLOCK_SKEW
-        prefix = f"{resume.producer_id}:"
+        prefix = f"{self._topic}/{resume.producer_id}:"
         scanned = 0
         for seq in range(last, max(first, 1) - 1, -1):
             try:
