@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Self
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 OUT = REPO_ROOT / "bench" / "out"
@@ -84,32 +84,42 @@ def drain(stream: IO[str] | None, keep: list[str] | None = None) -> threading.Th
     return thread
 
 
-class Broker:
-    """The reference broker in its own process on 127.0.0.1 with large limits; a context manager."""
+class ServerProcess:
+    """A server command in its own process on 127.0.0.1, entered once it logged ``started`` (its port in it);
+    a context manager that stops it (SIGTERM, then SIGKILL after 30 s) on the way out."""
+
+    started = ""  # the log event that says it listens
 
     def __init__(self) -> None:
         self.process: subprocess.Popen[str] | None = None
-        self.address = ""
+        self.port = 0
 
-    def __enter__(self) -> Broker:
-        command = rxstreamer_command(
-            "mq", "--listen", "127.0.0.1:0", "--log-format", "json", *BROKER_LIMITS
-        )  # fmt: skip
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT, env=child_env())
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.process = subprocess.Popen(
+            self.command(), stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT, env=child_env()
+        )
         timer = threading.Timer(BROKER_START_TIMEOUT, self.process.kill)
         timer.start()
         try:
             assert self.process.stdout is not None
             for line in self.process.stdout:
                 entry = parse_log_line(line)
-                if entry is not None and entry.get("event") == "broker.started":
-                    self.address = f"127.0.0.1:{entry['port']}"
+                if entry is not None and entry.get("event") == self.started:
+                    self.port = int(entry["port"])
                     drain(self.process.stdout)
                     return self
         finally:
             timer.cancel()
         self.__exit__(None, None, None)
-        raise RuntimeError("the broker did not start (no broker.started line)")
+        raise RuntimeError(f"{' '.join(self.command()[3:5])} did not start (no {self.started} line)")
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
@@ -122,6 +132,19 @@ class Broker:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+class Broker(ServerProcess):
+    """The reference broker with large limits."""
+
+    started = "broker.started"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        return rxstreamer_command("mq", "--listen", "127.0.0.1:0", "--log-format", "json", *BROKER_LIMITS)
 
 
 def parse_log_line(line: str) -> dict[str, Any] | None:

@@ -58,7 +58,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 from _common import (
@@ -66,6 +65,7 @@ from _common import (
     Broker,
     Figure,
     Report,
+    ServerProcess,
     child_env,
     drain,
     machine_description,
@@ -97,57 +97,26 @@ Fetch = Callable[[str, float], bytes]
 # --- the synthetic server ---------------------------------------------------------------------------------
 
 
-class ExporterServer:
+class ExporterServer(ServerProcess):
     """``rxstreamer generate --serve`` as K virtual exporters in its own process; a context manager."""
 
+    started = "exporter.started"
+
     def __init__(self, exporters: int, gpus: int, interval: float) -> None:
+        super().__init__()
         self.exporters = exporters
         self.gpus = gpus
         self.interval = interval
-        self.process: subprocess.Popen[str] | None = None
-        self.port = 0
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
 
     @property
     def targets(self) -> list[str]:
         return [f"http://127.0.0.1:{self.port}/exporter/{i}/metrics" for i in range(self.exporters)]
 
-    def __enter__(self) -> ExporterServer:
-        command = rxstreamer_command(
+    def command(self) -> list[str]:
+        return rxstreamer_command(
             "generate", "--serve", "127.0.0.1:0", "--exporters", str(self.exporters), "--gpus", str(self.gpus),
             "--scrape-interval", f"{self.interval:g}s", "--log-format", "json",
         )  # fmt: skip
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT, env=child_env())
-        timer = threading.Timer(START_TIMEOUT, self.process.kill)
-        timer.start()
-        try:
-            assert self.process.stdout is not None
-            for line in self.process.stdout:
-                entry = parse_log_line(line)
-                if entry is not None and entry.get("event") == "exporter.started":
-                    self.port = int(entry["port"])
-                    drain(self.process.stdout)
-                    return self
-        finally:
-            timer.cancel()
-        self.__exit__(None, None, None)
-        raise RuntimeError("the exporter server did not start (no exporter.started line)")
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 # --- 1. capacity, in process --------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 from reactivex import Observable, abc
 
 from rxstreamer.model import EncodedBatch, PublishAck
+from rxstreamer.retry import PublishError
 
 if TYPE_CHECKING:
     from rxstreamer.config.declared import MessageQueueSettings
@@ -128,3 +129,24 @@ class StatsRecorder:
             self._stats.batches += 1
             self._stats.rows += ack.rows
             self._stats.duplicates += ack.duplicate
+
+
+def tell_observer(
+    observer: abc.ObserverBase[PublishAck], outcome: PublishAck | PublishError, listening: list[bool]
+) -> None:
+    """Hand one publish's outcome to its subscriber, unless it stopped listening (disposed) meanwhile.
+
+    An exception raised by what consumes the ack (a checkpoint that cannot be written, say) becomes the
+    stream's error rather than escaping into the sink's thread.
+    """
+    if not listening[0]:
+        return
+    if isinstance(outcome, PublishError):
+        observer.on_error(outcome)
+        return
+    try:
+        observer.on_next(outcome)
+    except Exception as error:
+        observer.on_error(error)
+        return
+    observer.on_completed()

@@ -29,7 +29,7 @@ from rxstreamer.encoding import CONTENT_DIGEST_HEADER
 from rxstreamer.model import EncodedBatch, PublishAck
 from rxstreamer.proto import mq_pb2, mq_pb2_grpc
 from rxstreamer.retry import PublishError
-from rxstreamer.sinks.base import PublishStats, SinkOptions, StatsRecorder
+from rxstreamer.sinks.base import PublishStats, SinkOptions, StatsRecorder, tell_observer
 
 log = structlog.get_logger()
 
@@ -147,32 +147,16 @@ class GrpcSink:
             self._in_flight -= 1
             self._idle.notify_all()
         if listening[0] and self._calls is None:
-            self._deliver(observer, outcome, listening)  # already on the pipeline thread
+            tell_observer(observer, outcome, listening)  # already on the pipeline thread
         elif listening[0]:
 
             def deliver(_: abc.SchedulerBase, __: Any = None) -> None:
-                self._deliver(observer, outcome, listening)
+                tell_observer(observer, outcome, listening)
 
             try:
                 self._scheduler.schedule(deliver)
             except Exception as error:  # the scheduler is already disposed: nobody is listening any more
                 log.debug("publisher.late_answer", error=str(error))
-
-    @staticmethod
-    def _deliver(
-        observer: abc.ObserverBase[PublishAck], outcome: PublishAck | PublishError, listening: list[bool]
-    ) -> None:
-        if not listening[0]:
-            return
-        if isinstance(outcome, PublishError):
-            observer.on_error(outcome)
-            return
-        try:
-            observer.on_next(outcome)
-        except Exception as error:  # raised by what consumes the ack (a checkpoint, say): the stream's error
-            observer.on_error(error)
-            return
-        observer.on_completed()
 
     def _connectivity_changed(self, state: grpc.ChannelConnectivity) -> None:
         if self._on_connectivity is not None:

@@ -48,7 +48,7 @@ from rxstreamer.config import ConfigError
 from rxstreamer.encoding import CONTENT_DIGEST_HEADER
 from rxstreamer.model import EncodedBatch, PublishAck
 from rxstreamer.retry import PublishError
-from rxstreamer.sinks.base import PublishStats, ResumePoint, SinkOptions, StatsRecorder
+from rxstreamer.sinks.base import PublishStats, ResumePoint, SinkOptions, StatsRecorder, tell_observer
 
 __all__ = ["SUBJECT_PREFIX", "NatsSink", "message_id", "servers_of", "subject_covers"]
 
@@ -347,17 +347,7 @@ class NatsSink:
             return
 
         def deliver(_: abc.SchedulerBase, __: Any = None) -> None:
-            if not listening[0]:
-                return
-            if isinstance(outcome, PublishError):
-                observer.on_error(outcome)
-                return
-            try:
-                observer.on_next(outcome)
-            except Exception as error:  # raised by what consumes the ack (a checkpoint): the stream's error
-                observer.on_error(error)
-                return
-            observer.on_completed()
+            tell_observer(observer, outcome, listening)
 
         try:
             self._scheduler.schedule(deliver)

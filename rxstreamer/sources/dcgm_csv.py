@@ -29,14 +29,13 @@ from reactivex import abc
 from rxstreamer.model import MetricRow, Position, Rejection
 from rxstreamer.parsing import (
     CSV_ERROR,
-    SENTINEL_MODES,
     UNTERMINATED_QUOTE,
     HeaderError,
     RowParser,
     SentinelMode,
 )
-from rxstreamer.sources.base import DEFAULT_MAX_FIELD_SIZE, RejectHandler, SourceError, SourceStats
-from rxstreamer.sources.lines import FollowingLines, LinePass, LineReader, RecordOverrunError, raw_text
+from rxstreamer.sources.base import DEFAULT_MAX_FIELD_SIZE, RejectHandler, SourceError
+from rxstreamer.sources.lines import FollowingLines, LinePass, LineSource, RecordOverrunError, raw_text
 from rxstreamer.sources.observable import rows_observable
 
 __all__ = ["CsvRows", "rows_from_csv"]
@@ -94,7 +93,7 @@ def _spanning_record(
     return parsed, following
 
 
-class CsvRows:
+class CsvRows(LineSource):
     """The rows of one DCGM CSV file, read lazily and afresh on every iteration: a ``Source``.
 
     With ``loop=True`` the file is replayed from the top each time it ends, for a stream that runs until
@@ -121,35 +120,13 @@ class CsvRows:
         max_field_size: int = DEFAULT_MAX_FIELD_SIZE,
         sentinels: SentinelMode = "reject",
     ) -> None:
-        if max_field_size < 1:
-            raise ValueError(f"max_field_size must be at least 1 byte, got {max_field_size}")
-        if sentinels not in SENTINEL_MODES:
-            raise ValueError(f"sentinels must be one of {', '.join(SENTINEL_MODES)}, got {sentinels!r}")
-        self.path = Path(path)
-        self.loop = loop
-        self.on_reject = on_reject
-        self.start = start
-        self.max_field_size = max_field_size
-        self.sentinels: SentinelMode = sentinels
-        self._lines = LineReader(self.path, loop=loop, start=start, max_line_size=max_field_size, on_reject=on_reject)
+        super().__init__(
+            path, loop=loop, on_reject=on_reject, start=start, max_field_size=max_field_size, sentinels=sentinels
+        )
         # csv's own field limit is process-wide; raise it (never lower it) so that max_field_size is the one
         # limit that applies. A record is bounded by max_field_size, so csv's limit can then never trip.
         if max_field_size > csv.field_size_limit():
             csv.field_size_limit(max_field_size)
-
-    @property
-    def stats(self) -> SourceStats:
-        """Records read and rejected, and passes started, over every iteration so far."""
-        return self._lines.stats
-
-    @property
-    def position(self) -> Position:
-        """Where the input continues: just after the last record the latest iteration consumed.
-
-        Taken right after a row was yielded it is where the next record begins (blank lines aside), so
-        ``CsvRows(path, start=rows.position)`` carries on with the next row and the same line numbers.
-        """
-        return self._lines.position
 
     def check(self) -> None:
         """Open the file, validate its header (and ``start``), raising ``SourceError`` so a bad file fails early."""

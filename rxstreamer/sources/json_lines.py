@@ -60,8 +60,8 @@ from rxstreamer.parsing import (
     parse_timestamp,
     parse_value,
 )
-from rxstreamer.sources.base import DEFAULT_MAX_FIELD_SIZE, RejectHandler, SourceStats
-from rxstreamer.sources.lines import LinePass, LineReader, raw_text
+from rxstreamer.sources.base import DEFAULT_MAX_FIELD_SIZE, RejectHandler
+from rxstreamer.sources.lines import LinePass, LineSource, raw_text
 
 __all__ = ["JsonLineParser", "JsonLinesRows"]
 
@@ -355,7 +355,7 @@ def _not_a_number(value: object) -> str:
     return _wrong_type("value", value, "a number")
 
 
-class JsonLinesRows:
+class JsonLinesRows(LineSource):
     """The rows of one JSON lines file, read lazily and afresh on every iteration: a ``Source``.
 
     Takes the options every format takes (see ``SourceOpener``), with the meanings ``CsvRows`` gives them:
@@ -375,30 +375,10 @@ class JsonLinesRows:
         max_field_size: int = DEFAULT_MAX_FIELD_SIZE,
         sentinels: SentinelMode = "reject",
     ) -> None:
-        if max_field_size < 1:
-            raise ValueError(f"max_field_size must be at least 1 byte, got {max_field_size}")
-        self.path = Path(path)
-        self.loop = loop
-        self.on_reject = on_reject
-        self.start = start
-        self.max_field_size = max_field_size
-        self.sentinels: SentinelMode = sentinels
-        self._parser = JsonLineParser(sentinels=sentinels)  # checks sentinels
-        self._lines = LineReader(self.path, loop=loop, start=start, max_line_size=max_field_size, on_reject=on_reject)
-
-    @property
-    def stats(self) -> SourceStats:
-        """Records read and rejected, and passes started, over every iteration so far."""
-        return self._lines.stats
-
-    @property
-    def position(self) -> Position:
-        """Where the input continues: just after the last line the latest iteration consumed.
-
-        Taken right after a row was yielded it is where the next line begins (blank lines aside), so
-        ``JsonLinesRows(path, start=rows.position)`` carries on with the next row and the same line numbers.
-        """
-        return self._lines.position
+        super().__init__(
+            path, loop=loop, on_reject=on_reject, start=start, max_field_size=max_field_size, sentinels=sentinels
+        )
+        self._parser = JsonLineParser(sentinels=sentinels)
 
     def check(self) -> None:
         """Open the file (and check ``start`` against it), so a missing or unreadable file fails at start-up.

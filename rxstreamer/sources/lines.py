@@ -44,8 +44,14 @@ from typing import BinaryIO
 import structlog
 
 from rxstreamer.model import Position, Rejection
-from rxstreamer.parsing import FIELD_TOO_LARGE, NOT_UTF8, NUL_BYTE
-from rxstreamer.sources.base import RejectHandler, SourceError, SourceShrankError, SourceStats
+from rxstreamer.parsing import FIELD_TOO_LARGE, NOT_UTF8, NUL_BYTE, SENTINEL_MODES, SentinelMode
+from rxstreamer.sources.base import (
+    DEFAULT_MAX_FIELD_SIZE,
+    RejectHandler,
+    SourceError,
+    SourceShrankError,
+    SourceStats,
+)
 
 __all__ = [
     "RAW_TEXT_CHARS",
@@ -53,6 +59,7 @@ __all__ = [
     "FollowingLines",
     "LinePass",
     "LineReader",
+    "LineSource",
     "RecordOverrunError",
     "content_size",
     "open_binary",
@@ -433,3 +440,49 @@ class LinePass:
     def give_back(self) -> None:
         """Drop the lines read past the record's first line: reading resumes right after that line."""
         self._file.seek(self._reader.offset)
+
+
+class LineSource:
+    """What every line-based format's source shares: the options of ``SourceOpener``, checked once, and the
+    reader that ``stats`` and ``position`` come from. A format adds ``check()`` and ``__iter__``.
+
+    ``start`` (a ``position`` taken earlier, from a checkpoint) makes iteration continue there, with line
+    numbers from ``start.line`` and passes from ``start.pass_number``; ``max_field_size`` bounds one record
+    in bytes; ``sentinels`` says what to do with DCGM's sentinel values.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        loop: bool = False,
+        on_reject: RejectHandler | None = None,
+        start: Position | None = None,
+        max_field_size: int = DEFAULT_MAX_FIELD_SIZE,
+        sentinels: SentinelMode = "reject",
+    ) -> None:
+        if max_field_size < 1:
+            raise ValueError(f"max_field_size must be at least 1 byte, got {max_field_size}")
+        if sentinels not in SENTINEL_MODES:
+            raise ValueError(f"sentinels must be one of {', '.join(SENTINEL_MODES)}, got {sentinels!r}")
+        self.path = Path(path)
+        self.loop = loop
+        self.on_reject = on_reject
+        self.start = start
+        self.max_field_size = max_field_size
+        self.sentinels: SentinelMode = sentinels
+        self._lines = LineReader(self.path, loop=loop, start=start, max_line_size=max_field_size, on_reject=on_reject)
+
+    @property
+    def stats(self) -> SourceStats:
+        """Records read and rejected, and passes started, over every iteration so far."""
+        return self._lines.stats
+
+    @property
+    def position(self) -> Position:
+        """Where the input continues: just after the last record the latest iteration consumed.
+
+        Taken right after a row was yielded it is where the next record begins (blank lines aside), so a
+        source of the same format started there (``start=rows.position``) carries on with the next row.
+        """
+        return self._lines.position

@@ -54,7 +54,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Final, NamedTuple
 
-from rxstreamer.model import MetricRow, Position, Rejection
+from rxstreamer.model import MetricRow, Rejection
 from rxstreamer.parsing import (
     AFTER_EOF,
     BAD_LABELS,
@@ -62,16 +62,14 @@ from rxstreamer.parsing import (
     LABELS_CACHE_SIZE,
     MISSING_UUID,
     NOT_A_SAMPLE,
-    SENTINEL_MODES,
     VALUE_NOT_NUMERIC,
-    SentinelMode,
     SentinelReading,
     _shown,
     flag_sentinel,
     parse_value,
 )
-from rxstreamer.sources.base import DEFAULT_MAX_FIELD_SIZE, RejectHandler, SourceError, SourceStats
-from rxstreamer.sources.lines import RAW_TEXT_CHARS, LinePass, LineReader, open_binary
+from rxstreamer.sources.base import SourceError
+from rxstreamer.sources.lines import RAW_TEXT_CHARS, LinePass, LineSource, open_binary
 
 __all__ = ["ExpositionParser", "PrometheusRows", "parse_exposition"]
 
@@ -452,7 +450,7 @@ def _eof_line_before(path: Path, offset: int) -> int | None:
     return None
 
 
-class PrometheusRows:
+class PrometheusRows(LineSource):
     """The rows of one exposition text file (a saved scrape), read lazily and afresh on every iteration:
     a ``Source``, with the options and behaviour of ``CsvRows`` (loop, resume from ``start``, bounds).
 
@@ -460,38 +458,6 @@ class PrometheusRows:
     yielded plus rows rejected. Samples without a timestamp get the file's modification time, taken
     when each pass opens the file: a re-read of an unchanged file yields identical rows.
     """
-
-    def __init__(
-        self,
-        path: Path | str,
-        *,
-        loop: bool = False,
-        on_reject: RejectHandler | None = None,
-        start: Position | None = None,
-        max_field_size: int = DEFAULT_MAX_FIELD_SIZE,
-        sentinels: SentinelMode = "reject",
-    ) -> None:
-        if max_field_size < 1:
-            raise ValueError(f"max_field_size must be at least 1 byte, got {max_field_size}")
-        if sentinels not in SENTINEL_MODES:
-            raise ValueError(f"sentinels must be one of {', '.join(SENTINEL_MODES)}, got {sentinels!r}")
-        self.path = Path(path)
-        self.loop = loop
-        self.on_reject = on_reject
-        self.start = start
-        self.max_field_size = max_field_size
-        self.sentinels: SentinelMode = sentinels
-        self._lines = LineReader(self.path, loop=loop, start=start, max_line_size=max_field_size, on_reject=on_reject)
-
-    @property
-    def stats(self) -> SourceStats:
-        """Samples read and rejected, and passes started, over every iteration so far."""
-        return self._lines.stats
-
-    @property
-    def position(self) -> Position:
-        """Where the input continues: just after the last line the latest iteration consumed."""
-        return self._lines.position
 
     def check(self) -> None:
         """Open the file and look at its first line, raising ``SourceError`` so that a missing, empty or
