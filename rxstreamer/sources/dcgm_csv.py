@@ -26,7 +26,7 @@ from pathlib import Path
 import reactivex
 from reactivex import abc
 
-from rxstreamer.model import MetricRow, Position, Rejection
+from rxstreamer.model import MetricRow, Rejection
 from rxstreamer.parsing import (
     CSV_ERROR,
     UNTERMINATED_QUOTE,
@@ -110,23 +110,11 @@ class CsvRows(LineSource):
     ``RowParser``.
     """
 
-    def __init__(
-        self,
-        path: Path | str,
-        *,
-        loop: bool = False,
-        on_reject: RejectHandler | None = None,
-        start: Position | None = None,
-        max_field_size: int = DEFAULT_MAX_FIELD_SIZE,
-        sentinels: SentinelMode = "reject",
-    ) -> None:
-        super().__init__(
-            path, loop=loop, on_reject=on_reject, start=start, max_field_size=max_field_size, sentinels=sentinels
-        )
+    def _prepare(self) -> None:
         # csv's own field limit is process-wide; raise it (never lower it) so that max_field_size is the one
         # limit that applies. A record is bounded by max_field_size, so csv's limit can then never trip.
-        if max_field_size > csv.field_size_limit():
-            csv.field_size_limit(max_field_size)
+        if self.max_field_size > csv.field_size_limit():
+            csv.field_size_limit(self.max_field_size)
 
     def check(self) -> None:
         """Open the file, validate its header (and ``start``), raising ``SourceError`` so a bad file fails early."""

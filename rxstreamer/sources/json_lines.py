@@ -34,11 +34,10 @@ from collections.abc import Generator, Mapping
 from contextlib import closing
 from decimal import Decimal
 from operator import itemgetter
-from pathlib import Path
 from types import MappingProxyType
 from typing import Final, cast
 
-from rxstreamer.model import MetricRow, Position, Rejection
+from rxstreamer.model import MetricRow, Rejection
 from rxstreamer.parsing import (
     BAD_FIELD,
     BAD_LABELS,
@@ -60,23 +59,12 @@ from rxstreamer.parsing import (
     parse_timestamp,
     parse_value,
 )
-from rxstreamer.sources.base import DEFAULT_MAX_FIELD_SIZE, RejectHandler
 from rxstreamer.sources.lines import LinePass, LineSource, raw_text
 
 __all__ = ["JsonLineParser", "JsonLinesRows"]
 
 # The text fields of a row, in MetricRow's order; the second spellings are the CSV header's.
-_TEXT_FIELDS: Final = (
-    "metric_name",
-    "gpu_id",
-    "device",
-    "uuid",
-    "model_name",
-    "hostname",
-    "container",
-    "pod",
-    "namespace",
-)
+_TEXT_FIELDS: Final = tuple(name for name in MetricRow._fields if name not in ("timestamp", "value", "labels", "line"))
 _OTHER_SPELLINGS: Final = {"model_name": "modelName", "hostname": "Hostname"}
 _get_text_fields: Final = itemgetter(*_TEXT_FIELDS)
 # An RFC 3339 timestamp is at most about 35 characters; longer strings are rejected without being cached.
@@ -365,20 +353,8 @@ class JsonLinesRows(LineSource):
     and iterations.
     """
 
-    def __init__(
-        self,
-        path: Path | str,
-        *,
-        loop: bool = False,
-        on_reject: RejectHandler | None = None,
-        start: Position | None = None,
-        max_field_size: int = DEFAULT_MAX_FIELD_SIZE,
-        sentinels: SentinelMode = "reject",
-    ) -> None:
-        super().__init__(
-            path, loop=loop, on_reject=on_reject, start=start, max_field_size=max_field_size, sentinels=sentinels
-        )
-        self._parser = JsonLineParser(sentinels=sentinels)
+    def _prepare(self) -> None:
+        self._parser = JsonLineParser(sentinels=self.sentinels)
 
     def check(self) -> None:
         """Open the file (and check ``start`` against it), so a missing or unreadable file fails at start-up.

@@ -472,6 +472,10 @@ class LineSource:
         self.max_field_size = max_field_size
         self.sentinels: SentinelMode = sentinels
         self._lines = LineReader(self.path, loop=loop, start=start, max_line_size=max_field_size, on_reject=on_reject)
+        self._prepare()
+
+    def _prepare(self) -> None:
+        """What a format sets up once its options are checked (a parser, say); nothing by default."""
 
     @property
     def stats(self) -> SourceStats:
