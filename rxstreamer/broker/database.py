@@ -5,17 +5,29 @@ Layout of the data directory::
     DIR/.lock               flock()ed by the broker using DIR (see dirlock.py)
     DIR/broker.sqlite3      every topic: the database, in write-ahead-log mode
     DIR/broker.sqlite3-wal  its write-ahead log (SQLite's own; folded into the database when it closes)
+    DIR/broker.sqlite3-shm  the log's index, shared by the broker's two connections (SQLite's own)
 
-One connection serves the whole broker, its use serialised by a lock, so a topic costs no file descriptor:
-the broker holds three (lock, database, log) however many topics it has. The connection uses exclusive
-locking, as the directory lock already keeps every other broker out; SQLite then keeps the log's index in
-process memory instead of a shared-memory file.
+Two connections serve the whole broker, so a topic costs no file descriptor: the broker holds six (lock,
+database and log twice, index) however many topics it has. One does every read and write, its use
+serialised by a lock; the other is the checkpointer's, so that copying the log into the database does not
+hold up publishes. SQLite's locking is the ordinary one, so other processes can read the database while
+the broker runs; the directory lock keeps every other broker out, and nothing else should write to it.
 
 Tables: ``topics`` (a name, and the offset below which everything is released, so offsets are never
 reused), ``messages`` (one row per retained message, with a UNIQUE key on (topic, producer_id, sequence)
 for producers that have an id) and ``released_ids`` (the identities, with their payload digests, of
 released messages the broker still remembers, so a late re-send is still a duplicate after a restart).
-Releasing a message deletes its row; the database file does not shrink, SQLite reuses the freed pages.
+Releasing a message deletes its row; the database file does not shrink, SQLite reuses the freed pages
+(secure_delete=FAST: without also writing them out zeroed).
+
+Each message is written twice: appended to the log by its commit, then copied into the database by a
+checkpoint. The checkpointer thread does the copying on its own connection whenever about a MiB more was
+committed (``_CHECKPOINT_STEP_BYTES``), in the background and in small steps, so that a publish hardly
+ever waits for it and it never keeps a CPU from publishes for long. SQLite starts the log over from its
+beginning, rather than growing it, only at a commit that finds it all copied: so once the log has grown by
+4 MiB, the checkpointer copies again until a pass ends with nothing committed meanwhile, and after three
+that did not, copies the rest holding the lock. Should it fall far behind, SQLite checkpoints on the
+publishing connection itself past 64 MiB of log.
 
 Durability, by ``broker.fsync`` policy. Every publish is one transaction, committed before it is
 acknowledged; a commit hands its pages to the operating system, so after the broker process dies, even by
@@ -23,11 +35,11 @@ SIGKILL, SQLite replays its log on the next start and no acknowledged message is
 policy only matters when the machine itself crashes or loses power:
 
 - ``always`` (synchronous=FULL): each commit is fsynced before the acknowledgement; nothing acknowledged
-  is lost.
-- ``interval`` (synchronous=NORMAL): commits are not fsynced; a checkpoint every ``fsync_interval`` fsyncs
-  the log (and SQLite checkpoints on its own every ~4 MB written). A power loss can lose the
-  acknowledged messages of the last interval (plus the time a checkpoint takes), never corrupt the
-  database.
+  is lost. Checkpoints fsync the database before the log can start over.
+- ``interval`` (synchronous=NORMAL): commits are not fsynced; the checkpointer checkpoints every
+  ``fsync_interval`` (besides its steps), and each checkpoint fsyncs the log before copying it and the
+  database after. A power loss can lose the acknowledged messages of the last interval (plus the time a
+  checkpoint takes), never corrupt the database.
 - ``never`` (synchronous=OFF): SQLite never fsyncs; the operating system writes back when it chooses
   (typically within ~30 s on Linux). A power loss can lose that much, and, as SQLite documents for this
   mode, may corrupt the database, which the next start then refuses.
@@ -35,8 +47,9 @@ policy only matters when the machine itself crashes or loses power:
 At start the database is checked with ``PRAGMA quick_check`` (it reads every page: about a second per GB);
 a file that is not a SQLite database, or a damaged one, is refused with a one-line message and never
 repaired or truncated. A write that fails (a full disk, an I/O error) refuses the publish as StorageFailed;
-after an I/O error every later write is refused until the broker restarts, because the kernel may have
-dropped pages it failed to write, so carrying on could acknowledge messages on top of a hole.
+after an I/O error, a checkpoint's included, every later write is refused until the broker restarts,
+because the kernel may have dropped pages it failed to write, so carrying on could acknowledge messages on
+top of a hole.
 """
 
 from __future__ import annotations
@@ -69,6 +82,21 @@ _SYNCHRONOUS: dict[FsyncPolicy, str] = {"always": "FULL", "interval": "NORMAL", 
 # "RXSQ": tells a broker database from any other SQLite file put in the directory.
 APPLICATION_ID = 0x52585351
 SCHEMA_VERSION = 1
+# The checkpointer copies the log into the database each time about this much was committed: in small
+# steps, so that it never keeps a CPU from the publishes for long.
+_CHECKPOINT_STEP_BYTES = 1 << 20
+# Once the log has grown by this much since it last started over, the checkpointer copies all of it, so
+# that the next commit starts it over from its beginning: its file keeps about this size and is overwritten
+# in place rather than grown, which also makes its fsyncs cheaper.
+_RESTART_BYTES = 4 << 20
+# Passes without the lock that try to leave the log all copied, before one holds the lock to make sure.
+_QUIET_PASSES = 3
+# What a commit adds to the log besides its payload: the pages a row touches other than its overflow pages
+# (table leaf and parent, one page per index, the database header; 4 KiB each), with their frame headers.
+_COMMIT_OVERHEAD_BYTES = 5 * 4096
+# Past this many pages of log (64 MiB at SQLite's 4 KiB pages), which only a checkpointer fallen far behind
+# lets accumulate, SQLite checkpoints on the committing connection itself.
+_SELF_CHECKPOINT_PAGES = 16384
 # Errors after which the database is not written to again until a restart: the data may be damaged.
 _STICKY_ERRORS = frozenset({sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 _DAMAGED = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
@@ -104,12 +132,18 @@ CREATE TABLE released_ids (
 CREATE INDEX released_ids_offset ON released_ids (topic_id, offset);
 """
 
+_INSERT_MESSAGE = (
+    "INSERT INTO messages (topic_id, offset, producer_id, sequence, published_at_ns, headers, payload, digest)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
 
 class Database:
     """The data directory of one running broker (``Storage`` for ``store.Broker``); open it with ``open``.
 
-    Under the ``interval`` policy it runs the thread that checkpoints every ``interval`` seconds, so an
-    idle broker's last messages are not left unflushed until the next write.
+    It runs the checkpointer thread, which copies the write-ahead log into the database on its own
+    connection while publishes go on; under the ``interval`` policy it also does so every ``interval``
+    seconds, so an idle broker's last messages are not left unflushed until the next write.
     """
 
     def __init__(
@@ -117,6 +151,7 @@ class Database:
         path: Path,
         *,
         connection: sqlite3.Connection,
+        checkpoint_connection: sqlite3.Connection,
         lock: DirectoryLock,
         policy: FsyncPolicy,
         interval: float,
@@ -126,19 +161,22 @@ class Database:
         self.policy = policy
         self.interval = interval
         self._connection = connection
+        self._checkpoint_connection = checkpoint_connection  # used by the checkpointer thread only
         self._directory_lock = lock
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # serialises the use of self._connection
         self._closed = False
         self._failure: str | None = None
-        self._unflushed = False  # committed since the last checkpoint, under the "interval" policy
+        self._commits = 0  # transactions committed so far
+        self._log_bytes = 0  # about how much the log has grown since it last started over
+        self._step_bytes = 0  # about how much it has grown since the checkpointer was last woken
+        self._checkpointed_commits = 0  # commits copied into the database, as far as the checkpointer knows
         self._last_background_failure: str | None = None
+        self._wake = threading.Event()
         self._stop = threading.Event()
-        self._checkpointer: threading.Thread | None = None
-        if policy == "interval":
-            self._checkpointer = threading.Thread(
-                target=self._checkpoint_periodically, name="broker-fsync", daemon=True
-            )
-            self._checkpointer.start()
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_continually, name="broker-checkpoint", daemon=True
+        )
+        self._checkpointer.start()
 
     @classmethod
     def open(
@@ -154,10 +192,22 @@ class Database:
         try:
             _refuse_segment_logs(path)
             connection = _connect(path / DATABASE_FILE, checked, max_pages)
+            try:
+                checkpoint_connection = _connect_checkpointer(path / DATABASE_FILE, checked)
+            except BaseException:
+                connection.close()
+                raise
         except BaseException:
             lock.release()
             raise
-        return cls(path, connection=connection, lock=lock, policy=checked, interval=interval)
+        return cls(
+            path,
+            connection=connection,
+            checkpoint_connection=checkpoint_connection,
+            lock=lock,
+            policy=checked,
+            interval=interval,
+        )
 
     # -- Storage ---------------------------------------------------------------------------------
 
@@ -174,23 +224,24 @@ class Database:
         row = self._read(topic, lambda db: db.execute("SELECT id FROM topics WHERE name = ?", (topic,)).fetchone())
         if row is not None:
             return TopicLog(self, topic, int(row[0]))
-        topic_id = self._write(topic, lambda db: db.execute("INSERT INTO topics (name) VALUES (?)", (topic,)).lastrowid)
-        assert topic_id is not None
+        topic_id = self._insert(topic, "INSERT INTO topics (name) VALUES (?)", (topic,), size=len(topic))
         return TopicLog(self, topic, topic_id)
 
     def close(self) -> None:
-        """Stop the checkpointer, close the connection (SQLite folds its log in) and release the directory."""
+        """Stop the checkpointer, close the connections (SQLite folds the log in) and release the directory."""
         self._stop.set()
-        if self._checkpointer is not None:
-            self._checkpointer.join()
+        self._wake.set()
+        self._checkpointer.join()
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            try:
-                self._connection.close()
-            except sqlite3.Error as error:  # what was committed is in the log, replayed at the next start
-                log.warning("broker.database_close_failed", path=str(self.file), reason=_describe(error))
+            # The checkpointer's connection first: the last one to close checkpoints and removes the log.
+            for connection in (self._checkpoint_connection, self._connection):
+                try:
+                    connection.close()
+                except sqlite3.Error as error:  # what was committed is in the log, replayed at the next start
+                    log.warning("broker.database_close_failed", path=str(self.file), reason=_describe(error))
         self._directory_lock.release()
 
     # -- what TopicLog uses ----------------------------------------------------------------------
@@ -204,13 +255,29 @@ class Database:
             except sqlite3.Error as error:
                 raise self._failed(topic, error) from error
 
-    def _write(self, topic: str, statements: Callable[[sqlite3.Connection], _T]) -> _T:
-        """Run ``statements`` in one transaction, committed (and fsynced, by policy) before returning."""
+    def _insert(self, topic: str, statement: str, parameters: tuple[object, ...], *, size: int) -> int:
+        """Run one INSERT as a transaction of its own, committed (and fsynced, by policy) before returning.
+
+        ``size`` is about how many bytes the row holds. Returns the new row's rowid.
+        """
         with self._lock:
-            if self._closed:
-                raise StorageFailed(topic, "the database is closed", path=str(self.file))
-            if self._failure is not None:
-                raise StorageFailed(topic, f"{self._failure}; restart the broker to write again", path=str(self.file))
+            self._check_writable(topic)
+            try:
+                rowid = self._connection.execute(statement, parameters).lastrowid
+            except sqlite3.Error as error:
+                self._roll_back()
+                raise self._failed(topic, error) from error
+            self._committed(size)
+        assert rowid is not None
+        return rowid
+
+    def _write(self, topic: str, statements: Callable[[sqlite3.Connection], _T], *, size: int) -> _T:
+        """Run ``statements`` in one transaction, committed (and fsynced, by policy) before returning.
+
+        ``size`` is about how many bytes they write.
+        """
+        with self._lock:
+            self._check_writable(topic)
             try:
                 self._connection.execute("BEGIN IMMEDIATE")
                 result = statements(self._connection)
@@ -218,8 +285,23 @@ class Database:
             except sqlite3.Error as error:
                 self._roll_back()
                 raise self._failed(topic, error) from error
-            self._unflushed = True
+            self._committed(size)
             return result
+
+    def _check_writable(self, topic: str) -> None:
+        if self._closed:
+            raise StorageFailed(topic, "the database is closed", path=str(self.file))
+        if self._failure is not None:
+            raise StorageFailed(topic, f"{self._failure}; restart the broker to write again", path=str(self.file))
+
+    def _committed(self, size: int) -> None:
+        """Count a commit (with the lock held); wake the checkpointer each time the log has grown a step."""
+        self._commits += 1
+        self._log_bytes += size + _COMMIT_OVERHEAD_BYTES
+        self._step_bytes += size + _COMMIT_OVERHEAD_BYTES
+        if self._step_bytes >= _CHECKPOINT_STEP_BYTES:
+            self._step_bytes = 0
+            self._wake.set()
 
     def _failed(self, topic: str, error: sqlite3.Error) -> StorageFailed:
         reason = _describe(error)
@@ -239,24 +321,73 @@ class Database:
             self._last_background_failure = error.reason
             log.warning(event, topic=topic, path=error.path, reason=error.reason)
 
-    def _checkpoint_periodically(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._checkpoint()
+    # -- the checkpointer thread -----------------------------------------------------------------
+
+    def _checkpoint_continually(self) -> None:
+        timeout = self.interval if self.policy == "interval" else None
+        while not self._stop.is_set():
+            self._wake.wait(timeout)
+            self._wake.clear()
+            if not self._stop.is_set():
+                self._checkpoint()
 
     def _checkpoint(self) -> None:
-        """Fsync what was committed since the last checkpoint (the "interval" policy)."""
+        """Copy the log into the database (a checkpoint pass); let the log start over once it has grown.
+
+        A pass runs on the checkpointer's own connection without the lock, so publishes go on meanwhile.
+        It copies what was committed when it began; unless the policy is ``never`` it fsyncs the log first
+        (the ``interval`` policy's flush) and the database after. Once the log has grown by
+        ``_RESTART_BYTES``, all of it is copied (``_copy_all``).
+        """
         with self._lock:
-            if not self._unflushed or self._closed or self._failure is not None:
+            if self._closed or self._failure is not None:
                 return
-            try:
-                self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            except sqlite3.Error as error:
+            commits = self._commits
+            start_over = self._log_bytes >= _RESTART_BYTES
+        if commits == self._checkpointed_commits:
+            return
+        try:
+            if start_over:
+                self._copy_all(commits)
+            elif self._checkpoint_pass() is not None:
+                self._checkpointed_commits = commits
+        except sqlite3.Error as error:
+            with self._lock:
                 failed = self._failed("*", error)
-            else:
-                self._unflushed = False
-                self._last_background_failure = None
+            self._background_failure("broker.checkpoint_failed", "*", failed)
+            return
+        self._last_background_failure = None
+
+    def _copy_all(self, commits: int) -> None:
+        """Copy all of the log, so that the next commit starts it over (SQLite does only then).
+
+        Passes run without the lock until one ends with nothing committed since it began; should
+        ``_QUIET_PASSES`` in a row not, a last pass holds the lock. ``commits`` were made before the first.
+        """
+        for _ in range(_QUIET_PASSES):
+            copied_all = self._checkpoint_pass()
+            if copied_all is None:
                 return
-        self._background_failure("broker.checkpoint_failed", "*", failed)
+            self._checkpointed_commits = commits
+            with self._lock:
+                if copied_all and self._commits == commits:
+                    self._log_bytes = 0
+                    return
+                commits = self._commits
+        with self._lock:
+            if self._closed or self._failure is not None:
+                return
+            if self._checkpoint_pass() is not None:
+                self._checkpointed_commits = self._commits
+                self._log_bytes = 0
+
+    def _checkpoint_pass(self) -> bool | None:
+        """One passive checkpoint on the checkpointer's connection.
+
+        Returns whether it copied all of the log it found, or None if SQLite was running another checkpoint.
+        """
+        ((busy, frames, copied),) = self._checkpoint_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        return None if busy else bool(frames == copied)
 
 
 class TopicLog:
@@ -304,14 +435,7 @@ class TopicLog:
             record.payload,
             record.digest,
         )
-        self._database._write(
-            self.topic,
-            lambda db: db.execute(
-                "INSERT INTO messages (topic_id, offset, producer_id, sequence, published_at_ns, headers, payload,"
-                " digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                row,
-            ),
-        )
+        self._database._insert(self.topic, _INSERT_MESSAGE, row, size=len(record.payload))
 
     def release(self, before: int, remember_from: int) -> None:
         """Delete the rows below ``before``, keeping the ids of those at or above ``remember_from``; never raises.
@@ -323,7 +447,7 @@ class TopicLog:
         if before <= self._released_before and nothing_to_forget:
             return
         try:
-            self._database._write(self.topic, lambda db: self._release(db, before, remember_from))
+            self._database._write(self.topic, lambda db: self._release(db, before, remember_from), size=0)
         except StorageFailed as failed:
             self._database._background_failure("broker.release_failed", self.topic, failed)
             return
@@ -417,11 +541,12 @@ def _connect(file: Path, policy: FsyncPolicy, max_pages: int | None) -> sqlite3.
     except sqlite3.Error as error:
         raise DataDirError(f"cannot open database {file}: {_describe(error)}") from error
     try:
-        connection.execute("PRAGMA locking_mode = EXCLUSIVE")
         (mode,) = connection.execute("PRAGMA journal_mode = WAL").fetchone()
         if mode != "wal":
             raise DataDirError(f"cannot use database {file}: write-ahead logging is unavailable (journal_mode {mode})")
         connection.execute(f"PRAGMA synchronous = {_SYNCHRONOUS[policy]}")
+        connection.execute(f"PRAGMA wal_autocheckpoint = {_SELF_CHECKPOINT_PAGES}")
+        connection.execute("PRAGMA secure_delete = FAST")  # freed pages are reused, not also zeroed in the log
         _check_integrity(connection, file)
         if _check_schema(connection, file) and policy != "never":
             _sync_directory(file.parent)  # SQLite syncs the directory for its log, not for a new database
@@ -435,6 +560,20 @@ def _connect(file: Path, policy: FsyncPolicy, max_pages: int | None) -> sqlite3.
     except BaseException:
         connection.close()
         raise
+    return connection
+
+
+def _connect_checkpointer(file: Path, policy: FsyncPolicy) -> sqlite3.Connection:
+    """The checkpointer's connection to the database ``_connect`` opened; it fsyncs as the policy says."""
+    try:
+        connection = sqlite3.connect(file, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as error:
+        raise DataDirError(f"cannot open database {file}: {_describe(error)}") from error
+    try:
+        connection.execute(f"PRAGMA synchronous = {_SYNCHRONOUS[policy]}")
+    except sqlite3.Error as error:
+        connection.close()
+        raise DataDirError(f"cannot use database {file}: {_describe(error)}") from error
     return connection
 
 
