@@ -56,25 +56,28 @@ proto-check: $(STAMP) ## Fail when rxstreamer/proto is stale against protos/
 	  diff -q "$$f" "$(PROTO_OUT)/$$(basename $$f)" >/dev/null || { echo "stale generated code: $(PROTO_OUT)/$$(basename $$f) (run 'make proto')"; rm -rf $$tmp; exit 1; }; \
 	done; rm -rf $$tmp; echo "generated code is up to date"
 
-lint: $(STAMP) ## ruff (lint and format check)
+lint: $(STAMP) ## ruff (lint and format check), hadolint on the Dockerfile
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/hadolint --failure-threshold style Dockerfile
 
 typecheck: $(STAMP) ## mypy --strict over the package, tests and benchmarks
 	$(VENV)/bin/mypy
 
-test: $(STAMP) tools proto-check lint typecheck ## Everything CI checks: generated code, lint, types, the test suite
+test: $(STAMP) tools proto-check lint typecheck deploy-check ## Everything CI checks: generated code, lint, types, manifests, the test suite
 	$(PY) -m pytest
 
 # promtool (Debian's prometheus package) lints the exposition text `generate --format prometheus` writes and
 # serves; nats-server (Debian's nats-server package, 2.9) runs the three-node JetStream cluster of the NATS tests
-# (tests/nats_cluster.py starts its own servers: the package starts none). Each is installed only when it is
-# missing, both in one apt-get install: apt-get update runs only when the install fails without it. The package
+# (tests/nats_cluster.py starts its own servers: the package starts none); tmux is the terminal in which
+# tests/test_progress_terminal.py watches the streamer's progress line. Each is installed only when it is
+# missing, all in one apt-get install: apt-get update runs only when the install fails without it. The package
 # puts nats-server in /usr/sbin, which a non-root user's PATH lacks: it is looked for there too (as the tests do).
-tools: ## Install promtool (apt, package prometheus) and nats-server (apt) when they are not on PATH; tests use both
+tools: ## Install promtool (apt, package prometheus), nats-server and tmux (apt) when they are not on PATH; tests use them
 	@export PATH="$$PATH:/usr/sbin"; packages=""; \
 	command -v promtool >/dev/null 2>&1 || packages="$$packages prometheus"; \
 	command -v nats-server >/dev/null 2>&1 || packages="$$packages nats-server"; \
+	command -v tmux >/dev/null 2>&1 || packages="$$packages tmux"; \
 	[ -z "$$packages" ] || { \
 	  sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
 	  install="$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends$$packages"; \
@@ -83,6 +86,19 @@ tools: ## Install promtool (apt, package prometheus) and nats-server (apt) when 
 	}
 	@promtool --version 2>&1 | head -n 1
 	@PATH="$$PATH:/usr/sbin" nats-server --version
+	@tmux -V
+
+# Every overlay in deploy/overlays rendered by kubectl's kustomize (offline) and validated against the Kubernetes 1.32
+# schemas that kubernetes-validate bundles, strictly (unknown fields are errors). Anything it prints, a warning for a
+# kind it has no schema for included, fails the target. kubectl is not installed by this Makefile (Debian's
+# kubernetes-client is 1.20, without kustomize 5).
+.PHONY: deploy-check
+deploy-check: $(STAMP) ## Render each deploy/overlays/* with kubectl kustomize and validate it (kubernetes-validate --strict -k 1.32)
+	@command -v kubectl >/dev/null 2>&1 || { echo "deploy-check needs kubectl (1.27 or newer, with kustomize) on PATH"; exit 1; }
+	@set -o pipefail; status=0; for overlay in deploy/overlays/*/; do \
+	  report=$$( { kubectl kustomize "$$overlay" | $(VENV)/bin/kubernetes-validate --strict -k 1.32 --quiet -; } 2>&1) \
+	    && [ -z "$$report" ] && echo "$$overlay: valid" || { echo "$$overlay: INVALID"; echo "$$report"; status=1; }; \
+	done; exit $$status
 
 test-fast: $(STAMP) ## Only the test suite
 	$(PY) -m pytest -q
@@ -111,9 +127,18 @@ run-nats: $(STAMP) tools ## Like run, into a local three-node NATS JetStream clu
 mq: $(STAMP) ## Run the reference broker (on MQ_ADDRESS when set)
 	$(PY) -m rxstreamer mq $(CONFIG_FLAG) $(call given,MQ_ADDRESS,--listen)
 
-telemetry-streamer: run-streamer ## Same as run-streamer
+# The launcher: a POSIX sh script that execs this checkout's venv Python by its absolute path, so it runs from any
+# directory (`-P`: the directory it is run from is not put on sys.path, where a folder named rxstreamer would shadow
+# the package). Phony, so it is rewritten every time: one printf, and a moved checkout gets the new path.
+telemetry-streamer: $(STAMP) ## Build ./telemetry-streamer, the streamer runnable from any directory (--config config.yaml)
+	@printf '%s\n' '#!/bin/sh' \
+	  '# rxstreamer from this checkout: made by `make telemetry-streamer` (again after moving the checkout).' \
+	  '# Takes the flags of `python -m rxstreamer`; relative paths are relative to the directory you run it from.' \
+	  "exec '$(abspath $(PY))' -P -m rxstreamer \"\$$@\"" > $@.tmp
+	@chmod +x $@.tmp && mv -f $@.tmp $@
+	@echo "built ./$@: e.g. ./$@ --config config.yaml (a broker must be listening: make mq)"
 
-run-streamer: $(STAMP) ## Run the streamer alone (a broker must be listening)
+run-streamer: $(STAMP) ## Run the streamer: the defaults, plus the variables you set (a broker must be listening)
 	$(PY) -m rxstreamer run $(STREAMER_FLAGS)
 
 tail: $(STAMP) ## Print what the queue holds (on MQ_ADDRESS when set), from the beginning

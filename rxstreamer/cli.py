@@ -156,6 +156,7 @@ def _mq(args: argparse.Namespace) -> int:
         data_dir=broker.data_dir,
         fsync=broker.fsync,
         fsync_interval=broker.fsync_interval,
+        metrics_listen=settings.observability.listen,
     )
     return serve(options, stop_signals=False, stop_event=watch.stop, stop_signal=lambda: watch.stop_signal)
 

@@ -44,6 +44,12 @@ class QueueStatus:
         self._counted_by_alert = False  # the alert counted the retries since the last progress tick
         self.stopping = False  # set when a stop was requested: retries are then not announced
 
+    @property
+    def reachable(self) -> bool | None:
+        """True once the queue answered (``mq.connected``), False while unreachable, None before either."""
+        with self._lock:
+            return self._reachable
+
     def connectivity(self, state: str) -> None:
         """The channel's state: READY is reachable, TRANSIENT_FAILURE is not; the others are on the way."""
         if state == "READY":

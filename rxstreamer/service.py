@@ -12,10 +12,10 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Literal, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 import structlog
 from reactivex.abc import StartableBase
@@ -38,6 +38,7 @@ from rxstreamer.encoding import BatchEncoder
 from rxstreamer.model import Position, PublishAck, Rejection
 from rxstreamer.operators import Operator
 from rxstreamer.pipeline import build_pipeline, load_transforms
+from rxstreamer.progress_line import start_progress_line
 from rxstreamer.quarantine import Quarantine, RejectionReporter
 from rxstreamer.queue_status import QueueStatus
 from rxstreamer.retry import RetryPolicy
@@ -45,6 +46,9 @@ from rxstreamer.sinks import Sink, SinkAddressError, SinkOptions, open_sink, spl
 from rxstreamer.sinks.base import ResumePoint
 from rxstreamer.sources import Source, format_of, open_source
 from rxstreamer.sources.base import Live
+
+if TYPE_CHECKING:
+    from rxstreamer.metrics import Endpoint, StreamerInstruments
 
 log = structlog.get_logger()
 
@@ -184,6 +188,21 @@ def derive_producer_id(instance: str, metrics_path: Path, file: FileIdentity, ba
     return f"{instance or socket.gethostname()}:{metrics_path.name}:{file.head[:12]}:b{batch_size}"
 
 
+class _ProgressRate:
+    """Rows published per second since the last progress line (the first: since the stream started)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._at = clock()
+        self._rows = 0
+
+    def __call__(self, rows_published: int) -> float:
+        now = self._clock()
+        elapsed, published = now - self._at, rows_published - self._rows
+        self._at, self._rows = now, rows_published
+        return round(published / elapsed, 1) if elapsed > 0 else 0.0
+
+
 @dataclass(frozen=True)
 class _Plan:
     """Everything decided before the stream starts: what to read, from where, under which identity."""
@@ -195,6 +214,7 @@ class _Plan:
     reporter: RejectionReporter
     quarantine: Quarantine | None
     resume: ResumePoint | None  # the checkpoint resumed from, for a sink that looks for batches stored after it
+    progress_rate: _ProgressRate = field(default_factory=_ProgressRate)  # for streamer.progress
 
 
 @dataclass(frozen=True)
@@ -232,6 +252,15 @@ def _plan(settings: Settings, transforms: Sequence[Operator]) -> _Plan:
             before=resume.before,
         )
     encoder = BatchEncoder(read.producer_id, timestamps=telemetry.timestamps, first_sequence=resume.first_sequence)
+    if settings.observability.listen:  # the endpoint also reports how old the newest acknowledged row is
+        from rxstreamer.metrics import RowTimesEncoder
+
+        encoder = RowTimesEncoder(
+            read.producer_id,
+            timestamps=telemetry.timestamps,
+            first_sequence=resume.first_sequence,
+            per_gpu_max=settings.observability.per_gpu_max,
+        )
     all_transforms = [*load_transforms(telemetry.transforms), *transforms]
     before = resume.before
     point = None
@@ -303,11 +332,14 @@ def _resume_plan(settings: Settings, file: CheckpointedInput, producer_id: str, 
     The write check comes first because a checkpoint that cannot be written is otherwise found only after
     the first batch was published, which is too late for the exit status 2 of a bad setting. A live input
     skips one sequence: the batch in flight when the last run stopped may be stored without its ack having
-    arrived, and it cannot be read again, so its number must not name other rows.
+    arrived, and it cannot be read again, so its number must not name other rows. Without a checkpoint, a
+    live input numbers its batches from the clock (microseconds since the epoch): its producer id is the
+    same on every restart, and what it reads is new, so starting from 1 again would clash with what the
+    queue already holds under those numbers.
     """
     path = settings.telemetry.checkpoint_path
     if path is None:
-        return ResumePlan(start=None, first_sequence=1)
+        return ResumePlan(start=None, first_sequence=_clock_sequence() if live else 1)
     check_writable(path)
     plan = plan_resume(
         read_checkpoint(path),
@@ -319,6 +351,8 @@ def _resume_plan(settings: Settings, file: CheckpointedInput, producer_id: str, 
     )
     if live and plan.before is not None:
         plan = replace(plan, first_sequence=plan.first_sequence + 1)
+    elif live:  # no checkpoint to continue from: number from the clock, so no restart reuses a sequence
+        plan = replace(plan, first_sequence=max(plan.first_sequence, _clock_sequence()))
     if plan.ignored_because is not None:
         log.warning("streamer.checkpoint_ignored", path=str(path), reason=plan.ignored_because)
     elif plan.start is not None and plan.before is not None:
@@ -334,6 +368,11 @@ def _resume_plan(settings: Settings, file: CheckpointedInput, producer_id: str, 
             file_size=plan.size_now,
         )
     return plan
+
+
+def _clock_sequence() -> int:
+    """Microseconds since the epoch: larger than any sequence an earlier run of a live input could reach."""
+    return time.time_ns() // 1000
 
 
 def _open_quarantine(path: Path | None) -> Quarantine | None:
@@ -393,6 +432,7 @@ def run_streamer(
     pipeline_thread = _PipelineThread(outcome.on_error)
     scheduler = EventLoopScheduler(thread_factory=pipeline_thread)
     status = QueueStatus(queue.address, alert_after=queue.unreachable_alert_after)
+    endpoint = _start_endpoint(settings)  # before the sink: an address in use stops the start, nothing opened
     sink = _open_sink(
         queue.address,
         queue.topic,
@@ -404,6 +444,7 @@ def run_streamer(
             settings=queue,
             resume=plan.resume,
         ),
+        endpoint,
     )
     # Logged once the sink is open (its module imported, its channel made): from here on, time is streaming.
     log.info("streamer.started", **started_fields(settings, plan.encoder.producer_id))
@@ -422,26 +463,35 @@ def run_streamer(
         max_retry_time=queue.max_retry_time,
     )
     counters = PipelineCounters()
+    instruments = _instruments(endpoint, sink, scheduler, plan.encoder)  # None without the endpoint
     pipeline = build_pipeline(
         plan.rows,
-        sink,
+        sink if instruments is None else instruments.publisher,
         plan.encoder,
         batch_size=telemetry.batch_size,
         interval=telemetry.stream_interval,
         retry=retry,
         read_ahead=telemetry.read_ahead,
         transforms=plan.transforms,
-        scheduler=scheduler,
+        scheduler=scheduler if instruments is None else instruments.scheduler,
         on_retry=status.retry,
-        on_ack=_each(status.acked, _OffsetWatch(queue.address), plan.checkpointer),
+        on_ack=_each(
+            status.acked,
+            _OffsetWatch(queue.address),
+            plan.checkpointer,
+            None if instruments is None else instruments.on_ack,
+        ),
         counters=counters,
     )
     counts = RunCounts(plan.rows, counters, sink)
     subscription = pipeline.subscribe(outcome.on_next, outcome.on_error, outcome.on_completed)
+    _report_run(endpoint, instruments, settings, plan, sink, counts, status, pipeline_thread, outcome)
+    progress_line = start_progress_line(settings, plan.rows, counts.now)  # only for a person at a terminal
 
     while not wake.wait(settings.logging.progress_interval):
         status.tick()
         _log_progress(plan, counts.now())
+    progress_line.stop()  # erased before the stopping and stopped lines
 
     reason: StopReason
     if outcome.finished:
@@ -463,14 +513,100 @@ def run_streamer(
         plan.quarantine.close()
     summary = _summary(reason, counts.now(), time.monotonic() - started, outcome.error)
     _log_summary(summary, plan)
+    _close_endpoint(endpoint, settings.observability.linger, reason, stop_signal)
     return summary
 
 
-def _open_sink(address: str, topic: str, options: SinkOptions) -> Sink:
+def _open_sink(address: str, topic: str, options: SinkOptions, endpoint: Endpoint | None = None) -> Sink:
+    """The sink; when it cannot be opened the run does not start, and ``endpoint`` (metrics) is closed."""
     try:
         return open_sink(address, topic, options)
-    except SinkAddressError as error:  # a sink whose extra is not installed: a setting this install cannot serve
-        raise ConfigError("message_queue.address", address, str(error)) from error
+    except BaseException as error:
+        if endpoint is not None:
+            endpoint.close()
+        if isinstance(error, SinkAddressError):  # a sink whose extra is not installed: a setting it cannot serve
+            raise ConfigError("message_queue.address", address, str(error)) from error
+        raise
+
+
+def _start_endpoint(settings: Settings) -> Endpoint | None:
+    """The endpoint of ``observability.listen`` when it is set; an address it cannot take is a bad setting."""
+    if not settings.observability.listen:
+        return None
+    from rxstreamer.metrics import start_endpoint  # imports prometheus_client: only when the endpoint is on
+
+    return start_endpoint(settings.observability.listen)
+
+
+def _instruments(
+    endpoint: Endpoint | None, sink: Sink, scheduler: EventLoopScheduler, encoder: BatchEncoder
+) -> StreamerInstruments | None:
+    """With the endpoint: the sink and the scheduler the pipeline is given, timing publishes and ticks."""
+    if endpoint is None:
+        return None
+    from rxstreamer.metrics import StreamerInstruments
+
+    return StreamerInstruments.around(sink, scheduler, encoder)
+
+
+def _report_run(  # noqa: PLR0917 - a private helper reading what run_streamer holds
+    endpoint: Endpoint | None,
+    instruments: StreamerInstruments | None,
+    settings: Settings,
+    plan: _Plan,
+    sink: Sink,
+    counts: RunCounts,
+    status: QueueStatus,
+    thread: _PipelineThread,
+    outcome: _Outcome,
+) -> None:
+    """Serve this run's metrics and probes (with the endpoint): the counts of the summary, read live, and its state."""
+    if endpoint is None or instruments is None:
+        return
+    from rxstreamer.metrics import RunState, StreamerCollector, StreamerView, liveness, readiness, scrape_targets
+    from rxstreamer.metrics import stall_after as stall_after_for
+
+    stall_after = stall_after_for(settings.telemetry.stream_interval)
+    checkpointer = plan.checkpointer
+
+    def state() -> RunState:
+        return RunState(
+            pipeline_alive=thread.alive,
+            ended=_ended(outcome),
+            queue_reachable=status.reachable,
+            waiting_s=instruments.publisher.waiting_for(),
+            stall_after=stall_after,
+        )
+
+    view = StreamerView(
+        counts=counts.now,
+        publishes=instruments.publisher,
+        ticks=instruments.scheduler,
+        batches_in_flight=lambda: sink.in_flight,
+        queue_reachable=lambda: status.reachable,
+        checkpoint_sequence=lambda: checkpointer.last.sequence if checkpointer and checkpointer.last else None,
+        row_times=instruments.row_times,
+        targets=scrape_targets(plan.rows),
+    )
+    endpoint.attach(StreamerCollector(view), lambda: liveness(state()), lambda: readiness(state()))
+
+
+def _ended(outcome: _Outcome) -> str | None:
+    """None while the run streams; how it ends once it does (the probes' words)."""
+    if outcome.finished:
+        return "completed" if outcome.error is None else f"failed: {describe_error(outcome.error)}"
+    return "stopping" if outcome.wake.is_set() else None
+
+
+def _close_endpoint(
+    endpoint: Endpoint | None, linger: float, reason: StopReason, stop_signal: Callable[[], str | None] | None
+) -> None:
+    """After a run that ended by itself, serve ``observability.linger`` more (a stop signal cuts it), then stop."""
+    if endpoint is None:
+        return
+    if reason != "signal":
+        endpoint.linger(linger, lambda: stop_signal is not None and stop_signal() is not None)
+    endpoint.close()
 
 
 def started_fields(settings: Settings, producer_id: str) -> dict[str, object]:
@@ -510,6 +646,7 @@ def _log_progress(plan: _Plan, counts: Counts) -> None:
         rows_rejected=counts.rows_rejected,
         batches_published=counts.batches_published,
         rows_published=counts.rows_published,
+        rows_per_s=plan.progress_rate(counts.rows_published),
     )
 
 

@@ -248,9 +248,8 @@ def test_unknown_top_level_tables_are_refused(tmp_path: Path, text: str, hint: s
     path.write_text(text, encoding="utf-8")
     error = _error(config_file=path)
     assert error.setting == text[1:].split("]", maxsplit=1)[0]
-    assert (
-        error.allowed == f"unknown setting{hint}; the sections are: telemetry, message_queue, shutdown, logging, broker"
-    )
+    sections = "telemetry, message_queue, shutdown, logging, broker, observability"
+    assert error.allowed == f"unknown setting{hint}; the sections are: {sections}"
 
 
 def test_environment_unknown_section_with_nesting_is_refused() -> None:

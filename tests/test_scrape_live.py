@@ -157,3 +157,26 @@ def _scrape(url: str) -> str:
 
 def _moment(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def test_a_scraping_streamer_restarted_without_a_checkpoint_is_not_refused_by_the_queue() -> None:
+    """Its producer id is the same on every start; its batches are numbered from the clock, so the second run's
+    batches never reuse a (producer id, sequence) the broker holds with other content."""
+    with exporters(1) as running, broker_process() as broker:
+        url = f"http://127.0.0.1:{running[0][0]}/metrics"
+        runs = []
+        for _ in range(2):
+            streamer = start_watched_streamer(
+                "--metrics-path", url, "--mq-address", broker.address, "--interval", "0s", "--batch-size", "8",
+                settings={"RXSTREAMER_TELEMETRY__SCRAPE_INTERVAL": f"{INTERVAL_S}s"},
+            )  # fmt: skip
+            streamer.wait_for_event("scrape.target_up")
+            time.sleep(INTERVAL_S)
+            streamer.process.send_signal(signal.SIGTERM)
+            runs.append(streamer.finish(timeout=SHUTDOWN_TIMEOUT_S + 20))
+        received = read_topic(broker.address, with_batch=True)
+    assert [run.returncode for run in runs] == [0, 0], runs[1].stderr
+    assert runs[1].summary["duplicates"] == 0
+    producers = {metric["producer_id"] for metric in received}
+    assert len(producers) == 1
+    assert len(received) == sum(run.summary["rows_published"] for run in runs)

@@ -40,6 +40,8 @@ FLAGS: list[tuple[str, str, str]] = [
     ("tail", "--log-level", "logging.level"),
     ("run", "--nats-stream", "message_queue.nats.stream"),
     ("tail", "--nats-stream", "message_queue.nats.stream"),
+    ("run", "--metrics-listen", "observability.listen"),
+    ("mq", "--metrics-listen", "observability.listen"),
 ]
 
 

@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import structlog
@@ -51,9 +51,13 @@ from rxstreamer.broker.errors import (
     TooManyTopics,
     TopicFull,
 )
+from rxstreamer.broker.metrics import BrokerCounters
 from rxstreamer.broker.store import Ack, Broker, StoredMessage, TopicStore
 from rxstreamer.proto import mq_pb2, mq_pb2_grpc
 from rxstreamer.signals import SignalWatch
+
+if TYPE_CHECKING:
+    from rxstreamer.metrics import Endpoint
 
 log = structlog.get_logger()
 
@@ -114,6 +118,7 @@ class BrokerOptions:
     data_dir: Path | None = None  # None keeps topics in memory only
     fsync: str = "always"  # "always", "interval" or "never"; see database.py for what each risks
     fsync_interval: float = 0.1  # seconds, for "interval"
+    metrics_listen: str = ""  # observability.listen: where /metrics, /healthz and /readyz are served; "": nowhere
 
     @property
     def largest_message(self) -> int:
@@ -130,10 +135,16 @@ class MessageQueueServicer(mq_pb2_grpc.MessageQueueServicer):
     """Serves Publish and Subscribe over a shared set of topics."""
 
     def __init__(
-        self, topics: Broker, *, streams: StreamSlots | None = None, poll_interval: float = POLL_INTERVAL
+        self,
+        topics: Broker,
+        *,
+        streams: StreamSlots | None = None,
+        poll_interval: float = POLL_INTERVAL,
+        counters: BrokerCounters | None = None,
     ) -> None:
         self._topics = topics
         self._streams = streams if streams is not None else StreamSlots(BrokerOptions.max_subscribers)
+        self._counters = counters if counters is not None else BrokerCounters()
         self._poll_interval = poll_interval
         self._episodes = Episodes()
 
@@ -152,19 +163,24 @@ class MessageQueueServicer(mq_pb2_grpc.MessageQueueServicer):
                 sequence=request.sequence,
             )
         except TopicFull as full:
+            self._counters.refused("topic_full")
             self._topic_full(full)
             _retry_after(context, full.retry_after)
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(full))
         except BrokerFull as full:
+            self._counters.refused("total_bytes_full")
             self._broker_full(full)
             _retry_after(context, full.retry_after)
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(full))
         except TooManyTopics as too_many:
+            self._counters.refused("max_topics")
             self._too_many_topics(too_many)
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(too_many))
         except MessageTooLarge as too_large:
+            self._counters.refused("too_large")
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(too_large))
         except SequenceConflict as conflict:
+            self._counters.refused("sequence_conflict")
             # Each conflict stops a producer for good, so there are few: every one is worth a line.
             log.warning(
                 "broker.sequence_conflict",
@@ -175,10 +191,13 @@ class MessageQueueServicer(mq_pb2_grpc.MessageQueueServicer):
             )
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(conflict))
         except StoreClosed:
+            self._counters.refused("shutting_down")
             context.abort(grpc.StatusCode.UNAVAILABLE, "the broker is shutting down")
         except StorageFailed as failed:
+            self._counters.refused("storage_failed")
             self._storage_failed(failed)
             context.abort(grpc.StatusCode.UNAVAILABLE, str(failed))
+        self._counters.accepted(topic, len(request.payload), duplicate=ack.duplicate)
         if self._episodes.any:
             self._accepted(topic, ack)
         return mq_pb2.PublishResponse(offset=ack.offset, duplicate=ack.duplicate)
@@ -204,9 +223,11 @@ class MessageQueueServicer(mq_pb2_grpc.MessageQueueServicer):
         try:
             return self._topics.topic(_checked_topic(name, context))
         except TooManyTopics as too_many:
+            self._counters.refused("max_topics")
             self._too_many_topics(too_many)
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(too_many))
         except StorageFailed as failed:
+            self._counters.refused("storage_failed")
             self._storage_failed(failed)
             context.abort(grpc.StatusCode.UNAVAILABLE, str(failed))
 
@@ -271,10 +292,11 @@ class MessageQueueServicer(mq_pb2_grpc.MessageQueueServicer):
 class StreamSlots:
     """Counts open streams against max_subscribers, so they can never hold every worker thread."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, counters: BrokerCounters | None = None) -> None:
         if limit < 1:
             raise ValueError(f"max_subscribers must be >= 1, got {limit}")
         self.limit = limit
+        self._counters = counters
         self._open = 0
         self._refusing = False  # logged once until a stream is admitted again
         self._lock = threading.Lock()
@@ -295,6 +317,8 @@ class StreamSlots:
                 self._open += 1
             count = self._open
         if refused:
+            if self._counters is not None:
+                self._counters.refused("max_subscribers")
             if first_refusal:
                 log.warning("broker.max_subscribers_reached", subscribers=count, max_subscribers=self.limit)
             context.abort(
@@ -330,15 +354,33 @@ class _CountedHealth:
 class RunningBroker:
     """A started broker: where it listens, its topics, and how to stop it."""
 
-    def __init__(self, *, server: grpc.Server, health_servicer: Any, topics: Broker, port: int, address: str) -> None:
+    def __init__(
+        self,
+        *,
+        server: grpc.Server,
+        health_servicer: Any,
+        topics: Broker,
+        port: int,
+        address: str,
+        counters: BrokerCounters | None = None,
+        streams: StreamSlots | None = None,
+    ) -> None:
         self._server = server
         self._health = health_servicer
         self.topics = topics
         self.port = port
         self.address = address
+        self.counters = counters if counters is not None else BrokerCounters()  # what its metrics report
+        self.streams = streams
         self._stop_lock = threading.Lock()
         self._stopping = False
         self._stopped = threading.Event()
+
+    @property
+    def serving(self) -> bool:
+        """True until ``stop`` is called."""
+        with self._stop_lock:
+            return not self._stopping
 
     def stop(self, grace: float = STOP_GRACE) -> None:
         """Report NOT_SERVING, end open streams, then give in-flight RPCs ``grace`` seconds.
@@ -379,8 +421,9 @@ def start_broker(options: BrokerOptions) -> RunningBroker:
 
 
 def _start_serving(options: BrokerOptions, topics: Broker) -> RunningBroker:
+    counters = BrokerCounters()
     try:
-        streams = StreamSlots(options.max_subscribers)
+        streams = StreamSlots(options.max_subscribers, counters)
     except ValueError as error:
         raise BrokerError(f"invalid broker limits: {error}") from error
     server = grpc.server(
@@ -391,7 +434,9 @@ def _start_serving(options: BrokerOptions, topics: Broker) -> RunningBroker:
             ("grpc.max_receive_message_length", options.max_receive_length),
         ],
     )
-    mq_pb2_grpc.add_MessageQueueServicer_to_server(MessageQueueServicer(topics, streams=streams), server)
+    mq_pb2_grpc.add_MessageQueueServicer_to_server(
+        MessageQueueServicer(topics, streams=streams, counters=counters), server
+    )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(_CountedHealth(health_servicer, streams), server)
     for service in ("", SERVICE_NAME):
@@ -404,6 +449,8 @@ def _start_serving(options: BrokerOptions, topics: Broker) -> RunningBroker:
         topics=topics,
         port=port,
         address=_connect_address(options.listen, port),
+        counters=counters,
+        streams=streams,
     )
 
 
@@ -418,6 +465,8 @@ def serve(
 
     0 after a clean stop; 2, after one line on stderr, when another process holds the address (the operator's
     to fix, like a bad setting); 1, after ``broker.failed``, when the broker cannot start for another reason.
+    An ``options.metrics_listen`` that cannot be listened on raises ConfigError (naming observability.listen)
+    before the broker starts.
 
     With ``stop_signals`` it installs its own handlers first thing, before the data directory is recovered
     (so it must run on the main thread): SIGINT and SIGTERM stop it cleanly, even while it starts, and
@@ -454,6 +503,40 @@ class _StopRequests:
 
 
 def _serve(options: BrokerOptions, stop: _StopRequests) -> int:
+    """Serve the metrics endpoint (when set) for as long as the broker runs: taken first, as a bad setting is."""
+    endpoint = _start_endpoint(options.metrics_listen)
+    try:
+        return _serve_broker(options, stop, endpoint)
+    finally:
+        if endpoint is not None:
+            endpoint.close()
+
+
+def _start_endpoint(listen: str) -> Endpoint | None:
+    if not listen:
+        return None
+    from rxstreamer.metrics import start_endpoint  # imports prometheus_client: only when the endpoint is on
+
+    return start_endpoint(listen)  # raises ConfigError naming observability.listen (exit status 2)
+
+
+def _report_broker(endpoint: Endpoint, running: RunningBroker) -> None:
+    from rxstreamer.broker.metrics import BrokerCollector
+    from rxstreamer.metrics import Probe
+
+    streams = running.streams
+    collector = BrokerCollector(running.counters, running.topics, lambda: 0 if streams is None else streams.open)
+
+    def health() -> Probe:
+        return Probe(True, "serving" if running.serving else "stopping")
+
+    def ready() -> Probe:
+        return Probe(True, "serving") if running.serving else Probe(False, "the broker is stopping")
+
+    endpoint.attach(collector, health, ready)
+
+
+def _serve_broker(options: BrokerOptions, stop: _StopRequests, endpoint: Endpoint | None) -> int:
     try:
         running = start_broker(options)
     except AddressInUseError as error:
@@ -463,6 +546,8 @@ def _serve(options: BrokerOptions, stop: _StopRequests) -> int:
     except BrokerError as error:
         log.error("broker.failed", listen=options.listen, reason=str(error))
         return 1
+    if endpoint is not None:
+        _report_broker(endpoint, running)
     try:
         log.info(
             "broker.started",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from rxstreamer.config.kinds import (
     BOOLEAN,
@@ -23,6 +23,7 @@ from rxstreamer.config.kinds import (
     TOPIC,
     TRANSFORMS,
     Declaration,
+    Kind,
     choice,
     host_port,
     integer,
@@ -248,6 +249,43 @@ class BrokerSettings:
     )
 
 
+def _or_empty(kind: Kind[str]) -> Kind[str]:
+    """``kind``, or an empty string, which switches the feature off."""
+
+    def convert(value: Any) -> str:
+        if isinstance(value, str) and not value.strip():
+            return ""
+        try:
+            return kind.convert(value)
+        except ValueError as error:
+            raise ValueError(f"{error}; or empty: off") from None
+
+    return Kind(convert)
+
+
+@dataclass(frozen=True)
+class ObservabilitySettings:
+    listen: str = setting(
+        _or_empty(host_port(0)),
+        "",
+        "serve `/metrics` (Prometheus text), `/healthz` and `/readyz` over HTTP at this `host:port` (see Metrics and "
+        "probes); port 0 picks one, logged as `metrics.started`; empty: off",
+        "run mq --metrics-listen",
+    )
+    per_gpu_max: int = setting(
+        integer(0),
+        0,
+        "report `rxstreamer_gpu_last_sample_age_seconds` for at most this many GPUs (the first acknowledged); "
+        "`0`: no per-GPU series",
+    )
+    linger: float = setting(
+        DURATION,
+        "0s",
+        "after a run that ended by itself (not by a signal), keep serving the endpoint this long, so that a last "
+        "scrape sees the final counts; a stop signal ends the wait",
+    )
+
+
 @dataclass(frozen=True)
 class Settings:
     telemetry: TelemetrySettings = table(TelemetrySettings)
@@ -255,6 +293,7 @@ class Settings:
     shutdown: ShutdownSettings = table(ShutdownSettings)
     logging: LoggingSettings = table(LoggingSettings)
     broker: BrokerSettings = table(BrokerSettings)
+    observability: ObservabilitySettings = table(ObservabilitySettings)
 
 
 TABLES: Final[dict[str, list[str]]] = {}  # every table by dotted name ("" is the top level), with its keys
