@@ -131,6 +131,41 @@ class StatsRecorder:
             self._stats.duplicates += ack.duplicate
 
 
+class AnsweredElsewhere:
+    """What a sink whose answers arrive on another thread keeps: acknowledged counts, the publishes in flight,
+    and a way to wait until none is (``wait_idle``, for shutdown). ``_lock`` may guard the sink's own state too.
+    """
+
+    def __init__(self) -> None:
+        self._recorder = StatsRecorder()
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._in_flight = 0
+
+    @property
+    def stats(self) -> PublishStats:
+        return self._recorder.stats
+
+    @property
+    def in_flight(self) -> int:
+        with self._lock:
+            return self._in_flight
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no publish is in flight; False when ``timeout`` seconds passed first."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout=timeout)
+
+    def _publish_started(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+
+    def _publish_ended(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            self._idle.notify_all()
+
+
 def tell_observer(
     observer: abc.ObserverBase[PublishAck], outcome: PublishAck | PublishError, listening: list[bool]
 ) -> None:

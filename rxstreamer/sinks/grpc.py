@@ -15,7 +15,6 @@ account for.
 from __future__ import annotations
 
 import re
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -29,7 +28,7 @@ from rxstreamer.encoding import CONTENT_DIGEST_HEADER
 from rxstreamer.model import EncodedBatch, PublishAck
 from rxstreamer.proto import mq_pb2, mq_pb2_grpc
 from rxstreamer.retry import PublishError
-from rxstreamer.sinks.base import PublishStats, SinkOptions, StatsRecorder, tell_observer
+from rxstreamer.sinks.base import AnsweredElsewhere, SinkOptions, tell_observer
 
 log = structlog.get_logger()
 
@@ -74,7 +73,7 @@ def publish_error(error: grpc.RpcError, batch: EncodedBatch | None = None) -> Pu
     return PublishError(status.name, details, retry_after)
 
 
-class GrpcSink:
+class GrpcSink(AnsweredElsewhere):
     """Publishes to one topic of a MessageQueue over one channel; ``address`` is a gRPC target (``host:port``)."""
 
     def __init__(self, address: str, topic: str, options: SinkOptions) -> None:
@@ -85,24 +84,12 @@ class GrpcSink:
         on_connectivity, background = options.on_connectivity, options.background
         self._channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
         self._stub = mq_pb2_grpc.MessageQueueStub(self._channel)
-        self._recorder = StatsRecorder()
+        super().__init__()
         self._calls = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rxstreamer-publish") if background else None
-        self._in_flight = 0
-        self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
         self._closed = False
         self._on_connectivity = on_connectivity
         if on_connectivity is not None:
             self._channel.subscribe(self._connectivity_changed, try_to_connect=True)
-
-    @property
-    def stats(self) -> PublishStats:
-        return self._recorder.stats
-
-    @property
-    def in_flight(self) -> int:
-        with self._lock:
-            return self._in_flight
 
     def publish(self, batch: EncodedBatch) -> Observable[PublishAck]:
         def subscribe(observer: abc.ObserverBase[PublishAck], _: abc.SchedulerBase | None = None) -> Disposable:
@@ -114,8 +101,7 @@ class GrpcSink:
                 sequence=batch.sequence,
             )
             listening = [True]
-            with self._lock:
-                self._in_flight += 1
+            self._publish_started()
             if self._calls is not None:
                 self._calls.submit(self._call, request, batch, observer, listening)
             else:
@@ -143,9 +129,7 @@ class GrpcSink:
                 batch.sequence, response.offset, response.duplicate, batch.rows, batch.position, batch.read
             )
             self._recorder.record(outcome)
-        with self._lock:
-            self._in_flight -= 1
-            self._idle.notify_all()
+        self._publish_ended()
         if listening[0] and self._calls is None:
             tell_observer(observer, outcome, listening)  # already on the pipeline thread
         elif listening[0]:
@@ -161,11 +145,6 @@ class GrpcSink:
     def _connectivity_changed(self, state: grpc.ChannelConnectivity) -> None:
         if self._on_connectivity is not None:
             self._on_connectivity(state.name)
-
-    def wait_idle(self, timeout: float) -> bool:
-        """Wait until no publish is in flight; False when ``timeout`` seconds passed first."""
-        with self._idle:
-            return self._idle.wait_for(lambda: self._in_flight == 0, timeout=timeout)
 
     def close(self) -> None:
         """Close the channel; any call still in flight is cancelled. Call ``wait_idle`` first.

@@ -48,7 +48,7 @@ from rxstreamer.config import ConfigError
 from rxstreamer.encoding import CONTENT_DIGEST_HEADER
 from rxstreamer.model import EncodedBatch, PublishAck
 from rxstreamer.retry import PublishError
-from rxstreamer.sinks.base import PublishStats, ResumePoint, SinkOptions, StatsRecorder, tell_observer
+from rxstreamer.sinks.base import AnsweredElsewhere, ResumePoint, SinkOptions, tell_observer
 
 __all__ = ["SUBJECT_PREFIX", "NatsSink", "message_id", "servers_of", "subject_covers"]
 
@@ -107,7 +107,7 @@ def publish_error(error: BaseException) -> PublishError:  # noqa: PLR0911 (one a
     return PublishError("UNKNOWN", f"{type(error).__name__}: {error}")
 
 
-class NatsSink:
+class NatsSink(AnsweredElsewhere):
     """Publishes to one subject of a JetStream stream over one connection to the cluster."""
 
     def __init__(self, target: str, topic: str, options: SinkOptions) -> None:
@@ -122,10 +122,7 @@ class NatsSink:
         self._scheduler = options.scheduler
         self._on_connectivity = options.on_connectivity
         self._resume = options.resume
-        self._recorder = StatsRecorder()
-        self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
-        self._in_flight = 0
+        super().__init__()
         self._closed = False
         self._stored_before: dict[int, int] = {}  # this producer's sequences found stored after the checkpoint
         self._refusal: PublishError | None = None  # set when the stream can never take our batches
@@ -142,29 +139,15 @@ class NatsSink:
             self.close()
             raise ConfigError("message_queue.nats.stream", self._settings.stream, self._refusal.message)
 
-    @property
-    def stats(self) -> PublishStats:
-        return self._recorder.stats
-
-    @property
-    def in_flight(self) -> int:
-        with self._lock:
-            return self._in_flight
-
     def publish(self, batch: EncodedBatch) -> Observable[PublishAck]:
         def subscribe(observer: abc.ObserverBase[PublishAck], _: abc.SchedulerBase | None = None) -> Disposable:
             listening = [True]
-            with self._lock:
-                self._in_flight += 1
+            self._publish_started()
             future = asyncio.run_coroutine_threadsafe(self._publish(batch), self._loop)
             future.add_done_callback(lambda done: self._answered(done.result(), observer, listening))
             return Disposable(lambda: listening.__setitem__(0, False))
 
         return reactivex.create(subscribe)
-
-    def wait_idle(self, timeout: float) -> bool:
-        with self._idle:
-            return self._idle.wait_for(lambda: self._in_flight == 0, timeout=timeout)
 
     def close(self) -> None:
         """Close the connection (what is in flight is cut: call ``wait_idle`` first) and stop the loop."""
@@ -340,9 +323,7 @@ class NatsSink:
     def _answered(
         self, outcome: PublishAck | PublishError, observer: abc.ObserverBase[PublishAck], listening: list[bool]
     ) -> None:
-        with self._lock:
-            self._in_flight -= 1
-            self._idle.notify_all()
+        self._publish_ended()
         if not listening[0]:
             return
 
