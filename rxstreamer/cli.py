@@ -157,6 +157,11 @@ def _mq(args: argparse.Namespace) -> int:
         fsync=broker.fsync,
         fsync_interval=broker.fsync_interval,
         metrics_listen=settings.observability.listen,
+        tls_cert=broker.tls.cert,
+        tls_key=broker.tls.key,
+        tls_client_ca=broker.tls.client_ca,
+        tokens_file=broker.auth.tokens_file,
+        allow_plaintext=broker.allow_plaintext,
     )
     return serve(options, stop_signals=False, stop_event=watch.stop, stop_signal=lambda: watch.stop_signal)
 
@@ -183,6 +188,7 @@ def _tail(args: argparse.Namespace) -> int:
         count=args.count,
         idle_timeout=idle,
         with_batch=args.with_batch,
+        settings=settings.message_queue,
     )
     try:
         if options.address.startswith("nats://"):

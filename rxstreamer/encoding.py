@@ -11,14 +11,17 @@ timestamp), its descriptive fields (cached per distinct description) and its val
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import itertools
 import struct
+import zlib
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, Literal
 
+import zstandard
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from rxstreamer.model import EncodedBatch, MetricRow, Position, ReadCounts
@@ -28,6 +31,15 @@ from rxstreamer.proto.telemetry_pb2 import GpuMetric, MetricBatch
 CONTENT_TYPE = "application/x-protobuf; messageType=rxstreamer.v1.MetricBatch"
 #: The header naming a batch's content (``content_digest``), read by the queue to tell a re-send from a clash.
 CONTENT_DIGEST_HEADER = "content-digest"
+#: The header naming how a payload is compressed (``gzip`` or ``zstd``); absent when it is not.
+CONTENT_ENCODING_HEADER = "content-encoding"
+
+#: ``message_queue.compression``: ``gzip`` is gRPC's own channel compression over gRPC (the payload stays
+#: plain), a payload encoding over NATS; ``zstd`` is a payload encoding over both.
+Compression = Literal["none", "gzip", "zstd"]
+#: What compress_payload uses: zstd's default level, and zlib's default (6), the level gRPC's gzip uses.
+ZSTD_LEVEL = 3
+GZIP_LEVEL = 6
 
 TimestampMode = Literal["original", "processing"]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -159,10 +171,42 @@ def encode_batch(
     return b"".join(parts)
 
 
-def decode_batch(payload: bytes) -> MetricBatch:
-    """Parse a queue payload back into a MetricBatch (raises google.protobuf.message.DecodeError)."""
+class PayloadEncodingError(ValueError):
+    """A payload's content-encoding is unknown, or its bytes are not what that encoding makes."""
+
+
+def compress_payload(payload: bytes, encoding: str) -> bytes:
+    """The payload compressed with ``encoding`` (``zstd``, ``gzip``; ``none`` or empty: unchanged)."""
+    if encoding in ("", "none", "identity"):
+        return payload
+    if encoding == "zstd":
+        return zstandard.compress(payload, ZSTD_LEVEL)
+    if encoding == "gzip":
+        return gzip.compress(payload, compresslevel=GZIP_LEVEL, mtime=0)
+    raise PayloadEncodingError(f"unknown content-encoding {encoding!r} (known: gzip, zstd)")
+
+
+def decompress_payload(payload: bytes, encoding: str) -> bytes:
+    """The inverse of compress_payload; raises PayloadEncodingError for an unknown encoding or corrupt bytes."""
+    if encoding in ("", "none", "identity"):
+        return payload
+    try:
+        if encoding == "zstd":
+            return zstandard.decompress(payload)
+        if encoding == "gzip":
+            return gzip.decompress(payload)
+    except (zstandard.ZstdError, OSError, EOFError, zlib.error) as error:
+        raise PayloadEncodingError(f"payload is not valid {encoding}: {error}") from error
+    raise PayloadEncodingError(f"unknown content-encoding {encoding!r} (this rxstreamer reads: gzip, zstd)")
+
+
+def decode_batch(payload: bytes, content_encoding: str = "") -> MetricBatch:
+    """Parse a queue payload back into a MetricBatch, first undoing its ``content-encoding`` header's value.
+
+    Raises google.protobuf.message.DecodeError, or PayloadEncodingError for an unknown or broken encoding.
+    """
     batch = MetricBatch()
-    batch.ParseFromString(payload)
+    batch.ParseFromString(decompress_payload(payload, content_encoding))
     return batch
 
 

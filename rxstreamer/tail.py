@@ -12,14 +12,24 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import grpc
 from google.protobuf.message import DecodeError
 
-from rxstreamer.encoding import CONTENT_TYPE, decode_batch, metric_to_dict
+from rxstreamer.encoding import (
+    CONTENT_ENCODING_HEADER,
+    CONTENT_TYPE,
+    PayloadEncodingError,
+    decode_batch,
+    metric_to_dict,
+)
 from rxstreamer.proto import mq_pb2, mq_pb2_grpc
 from rxstreamer.proto.telemetry_pb2 import MetricBatch
+from rxstreamer.tls import ClientSecurity, client_security, explain_unavailable
+
+if TYPE_CHECKING:
+    from rxstreamer.config.declared import MessageQueueSettings
 
 
 class TailError(Exception):
@@ -35,6 +45,7 @@ class TailOptions:
     count: int | None = None  # stop after this many metrics
     idle_timeout: float | None = None  # stop when nothing arrived for this long
     with_batch: bool = False  # add producer_id, sequence and offset to each line
+    settings: MessageQueueSettings | None = None  # for message_queue.tls and message_queue.auth
 
 
 _END = object()
@@ -54,7 +65,8 @@ def tail(options: TailOptions, out: TextIO, notify: Callable[[str], None] | None
     ``notify`` hears, once the subscription is in place, why nothing may come for a while: the topic holds
     no messages, or the offset asked for is past its end. Otherwise a silent wait looks like a hang.
     """
-    channel = grpc.insecure_channel(options.address)
+    security = client_security(options.settings, options.address)  # ConfigError for a TLS or token file
+    channel = security.channel(options.address)
     try:
         stub = mq_pb2_grpc.MessageQueueStub(channel)
         call = stub.Subscribe(_request(options))
@@ -63,7 +75,7 @@ def tail(options: TailOptions, out: TextIO, notify: Callable[[str], None] | None
         reader = threading.Thread(target=_pump, args=(call, received, explain), daemon=True, name="tail-reader")
         reader.start()
         try:
-            return _print_until_done(received, options, out, notify)
+            return _print_until_done(received, options, out, notify, security)
         finally:
             call.cancel()
     finally:
@@ -137,7 +149,11 @@ def _pump(call: Iterator[mq_pb2.Message], received: queue.Queue[object], explain
 
 
 def _print_until_done(
-    received: queue.Queue[object], options: TailOptions, out: TextIO, notify: Callable[[str], None] | None
+    received: queue.Queue[object],
+    options: TailOptions,
+    out: TextIO,
+    notify: Callable[[str], None] | None,
+    security: ClientSecurity | None = None,
 ) -> int:
     printed = 0
     while options.count is None or printed < options.count:
@@ -154,7 +170,7 @@ def _print_until_done(
         if isinstance(item, grpc.RpcError):
             if isinstance(item, grpc.Call) and item.code() == grpc.StatusCode.CANCELLED:
                 break
-            raise TailError(_describe(item, options.address))
+            raise TailError(_describe(item, options.address, security))
         assert isinstance(item, mq_pb2.Message)
         printed += _print_message(item, options, out, limit=None if options.count is None else options.count - printed)
     return printed
@@ -164,7 +180,9 @@ def _print_message(message: mq_pb2.Message, options: TailOptions, out: TextIO, l
     if message.headers.get("content-type", CONTENT_TYPE) != CONTENT_TYPE:
         return 0  # not telemetry: another producer shares the topic
     try:
-        batch = decode_batch(message.payload)
+        batch = decode_batch(message.payload, message.headers.get(CONTENT_ENCODING_HEADER, ""))
+    except PayloadEncodingError as error:
+        raise TailError(f"message at offset {message.offset} cannot be read: {error}") from error
     except DecodeError as error:
         raise TailError(f"message at offset {message.offset} is not a MetricBatch: {error}") from error
     return print_batch(batch, message.offset, options, out, limit)
@@ -182,9 +200,14 @@ def print_batch(batch: MetricBatch, offset: int, options: TailOptions, out: Text
     return len(metrics)
 
 
-def _describe(error: grpc.RpcError, address: str) -> str:
+def _describe(error: grpc.RpcError, address: str, security: ClientSecurity | None = None) -> str:
     if isinstance(error, grpc.Call):
         code = error.code()
+        mismatch = None
+        if code == grpc.StatusCode.UNAVAILABLE and security is not None:
+            mismatch = explain_unavailable(error.details() or "", address, security)
+        if mismatch is not None:
+            return mismatch
         if code == grpc.StatusCode.UNAVAILABLE:
             return f"cannot reach the message queue at {address}: {error.details()}"
         return f"{code.name}: {error.details()}"

@@ -21,7 +21,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from rxstreamer.encoding import CONTENT_TYPE, decode_batch
+from rxstreamer.encoding import CONTENT_ENCODING_HEADER, CONTENT_TYPE, PayloadEncodingError, decode_batch
 from rxstreamer.sinks import split_address
 from rxstreamer.sinks.nats import SUBJECT_PREFIX, publish_error, servers_of
 from rxstreamer.tail import TailError, TailOptions, print_batch
@@ -90,7 +90,9 @@ def _print(message: Msg, options: TailOptions, out: TextIO, limit: int | None) -
         return 0  # not telemetry: another producer shares the subject
     offset = message.metadata.sequence.stream
     try:
-        batch = decode_batch(message.data)
+        batch = decode_batch(message.data, headers.get(CONTENT_ENCODING_HEADER, ""))
+    except PayloadEncodingError as error:
+        raise TailError(f"message {offset} of the stream cannot be read: {error}") from error
     except DecodeError as error:
         raise TailError(f"message {offset} of the stream is not a MetricBatch: {error}") from error
     return print_batch(batch, offset, options, out, limit)

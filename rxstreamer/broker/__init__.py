@@ -9,7 +9,8 @@ a data directory, also in one SQLite database that a restarted broker recovers.
 Modules: ``store`` (topics and the broker-wide caps, no I/O), ``errors`` (the refusals), ``database``
 (the durable store), ``dirlock`` (one broker per data directory), ``server`` (the gRPC edge and the
 process), ``ready`` (waits until a broker answers SERVING, for ``make run``), ``signals`` and ``episodes``
-(what the process does with signals and how it logs trouble), ``metrics`` (what ``--metrics-listen`` reports).
+(what the process does with signals and how it logs trouble), ``metrics`` (what ``--metrics-listen`` reports),
+``auth`` (the tokens file, its rights, and the interceptor checking every call).
 
 Its own dependencies (the gRPC health service) come with the ``broker`` extra, which the streamer does not
 need. Without them, importing this package raises ImportError, which ``rxstreamer mq`` turns into one

@@ -39,6 +39,7 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from rxstreamer.broker.auth import AuthInterceptor, TokensFileError, TokenStore, reload_on_hangup
 from rxstreamer.broker.database import Database
 from rxstreamer.broker.episodes import Episodes
 from rxstreamer.broker.errors import (
@@ -53,8 +54,10 @@ from rxstreamer.broker.errors import (
 )
 from rxstreamer.broker.metrics import BrokerCounters
 from rxstreamer.broker.store import Ack, Broker, StoredMessage, TopicStore
+from rxstreamer.config import ConfigError
 from rxstreamer.proto import mq_pb2, mq_pb2_grpc
 from rxstreamer.signals import SignalWatch
+from rxstreamer.tls import ServerSecurity, is_loopback, server_security
 
 if TYPE_CHECKING:
     from rxstreamer.metrics import Endpoint
@@ -119,6 +122,12 @@ class BrokerOptions:
     fsync: str = "always"  # "always", "interval" or "never"; see database.py for what each risks
     fsync_interval: float = 0.1  # seconds, for "interval"
     metrics_listen: str = ""  # observability.listen: where /metrics, /healthz and /readyz are served; "": nowhere
+    # broker.tls.* and broker.auth.tokens_file (see rxstreamer/tls.py and auth.py); None: off
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    tokens_file: Path | None = None
+    allow_plaintext: bool = False  # no broker.plaintext warning for a plaintext non-loopback address
 
     @property
     def largest_message(self) -> int:
@@ -364,7 +373,11 @@ class RunningBroker:
         address: str,
         counters: BrokerCounters | None = None,
         streams: StreamSlots | None = None,
+        security: ServerSecurity | None = None,
+        tokens: TokenStore | None = None,
     ) -> None:
+        self.security = security if security is not None else ServerSecurity(None, tls=False, mutual=False)
+        self.tokens = tokens  # reloaded on SIGHUP by serve
         self._server = server
         self._health = health_servicer
         self.topics = topics
@@ -412,15 +425,35 @@ def start_broker(options: BrokerOptions) -> RunningBroker:
 
     A durable broker recovers every topic first, logging ``broker.recovered`` for each.
     """
+    security, tokens = _security(options)  # a bad TLS or tokens file: ConfigError (exit 2) before recovery
     topics = _make_topics(options)
     try:
-        return _start_serving(options, topics)
+        return _start_serving(options, topics, security, tokens)
     except BaseException:
         topics.close()  # releases the data directory, so it can be used again at once
         raise
 
 
-def _start_serving(options: BrokerOptions, topics: Broker) -> RunningBroker:
+def _security(options: BrokerOptions) -> tuple[ServerSecurity, TokenStore | None]:
+    tokens = None
+    if options.tokens_file is not None:
+        try:
+            tokens = TokenStore(options.tokens_file)
+        except TokensFileError as error:
+            raise ConfigError("broker.auth.tokens_file", options.tokens_file, str(error)) from None
+    security = server_security(options.tls_cert, options.tls_key, options.tls_client_ca, token=tokens is not None)
+    if tokens is not None and not security.tls and not is_loopback(options.listen):
+        raise ConfigError(
+            "broker.auth.tokens_file",
+            options.tokens_file,
+            f"tokens need TLS on {options.listen} (not loopback): set broker.tls.cert and broker.tls.key",
+        )
+    return security, tokens
+
+
+def _start_serving(
+    options: BrokerOptions, topics: Broker, security: ServerSecurity, tokens: TokenStore | None = None
+) -> RunningBroker:
     counters = BrokerCounters()
     try:
         streams = StreamSlots(options.max_subscribers, counters)
@@ -433,6 +466,7 @@ def _start_serving(options: BrokerOptions, topics: Broker) -> RunningBroker:
             ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", options.max_receive_length),
         ],
+        interceptors=[] if tokens is None else [AuthInterceptor(tokens, counters.refused)],
     )
     mq_pb2_grpc.add_MessageQueueServicer_to_server(
         MessageQueueServicer(topics, streams=streams, counters=counters), server
@@ -441,7 +475,7 @@ def _start_serving(options: BrokerOptions, topics: Broker) -> RunningBroker:
     health_pb2_grpc.add_HealthServicer_to_server(_CountedHealth(health_servicer, streams), server)
     for service in ("", SERVICE_NAME):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    port = _bind(server, options.listen)
+    port = _bind(server, options.listen, security.credentials)
     server.start()
     return RunningBroker(
         server=server,
@@ -451,6 +485,8 @@ def _start_serving(options: BrokerOptions, topics: Broker) -> RunningBroker:
         address=_connect_address(options.listen, port),
         counters=counters,
         streams=streams,
+        security=security,
+        tokens=tokens,
     )
 
 
@@ -565,10 +601,23 @@ def _serve_broker(options: BrokerOptions, stop: _StopRequests, endpoint: Endpoin
             fsync_interval=options.fsync_interval
             if options.data_dir is not None and options.fsync == "interval"
             else None,
+            tls=running.security.tls,
+            mutual_tls=running.security.mutual,
+            tokens_file=None if options.tokens_file is None else str(options.tokens_file),
         )
+        if not running.security.tls and not options.allow_plaintext and not is_loopback(options.listen):
+            log.warning(
+                "broker.plaintext",
+                listen=options.listen,
+                meaning="clients reach this broker without TLS from other machines; set broker.tls.cert and "
+                "broker.tls.key, or broker.allow_plaintext = true where TLS ends in front of it",
+            )
+        give_back_sighup = reload_on_hangup(running.tokens) if running.tokens is not None else None
         # A signal that came while the broker started is waiting here already: it stops the broker at once.
         while not stop.wait(POLL_INTERVAL):
             pass
+        if give_back_sighup is not None:
+            give_back_sighup()
     finally:
         running.stop(STOP_GRACE)
     log.info("broker.stopped", port=running.port)
@@ -628,7 +677,7 @@ def _log_recovered(topics: Broker) -> None:
         )
 
 
-def _bind(server: grpc.Server, listen: str) -> int:
+def _bind(server: grpc.Server, listen: str, credentials: grpc.ServerCredentials | None = None) -> int:
     """Bind ``listen``, turning both failure styles of grpc (0 or RuntimeError) into BrokerError.
 
     A port another process holds is found by a probe first, so the operator gets AddressInUseError's one line
@@ -643,7 +692,7 @@ def _bind(server: grpc.Server, listen: str) -> int:
         server.stop(None)
         raise AddressInUseError(listen)
     try:
-        port = server.add_insecure_port(listen)
+        port = server.add_insecure_port(listen) if credentials is None else server.add_secure_port(listen, credentials)
     except RuntimeError as error:
         server.stop(None)
         if _in_use(listen):

@@ -33,7 +33,7 @@ from rxstreamer.config.kinds import (
 )
 
 if TYPE_CHECKING:
-    from rxstreamer.encoding import TimestampMode
+    from rxstreamer.encoding import Compression, TimestampMode
     from rxstreamer.logs import LogFormat
     from rxstreamer.parsing import SentinelMode
 
@@ -147,6 +147,29 @@ class NatsSettings:
     )
 
 
+_SECRET = Kind(TEXT.convert, lambda value: "(set)" if value else "(unset)")  # shown set/unset, never the value
+
+
+@dataclass(frozen=True)
+class ClientTlsSettings:
+    ca: Path | None = setting(
+        OPTIONAL_PATH, "", "PEM file of the CA that signed the queue's certificate; setting it (or `cert`) turns TLS on"
+    )
+    cert: Path | None = setting(OPTIONAL_PATH, "", "PEM certificate chain of this client, for mutual TLS (with `key`)")
+    key: Path | None = setting(OPTIONAL_PATH, "", "PEM private key of `cert`")
+    server_name: str = setting(TEXT, "", "the name the queue's certificate must carry; empty: the address's host")
+
+
+@dataclass(frozen=True)
+class ClientAuthSettings:
+    token_file: Path | None = setting(
+        OPTIONAL_PATH, "", "a file holding this client's token for the broker (see Security); empty: no token"
+    )
+    token: str = setting(
+        _SECRET, "", "the token itself, for `RXSTREAMER_MESSAGE_QUEUE__AUTH__TOKEN`; `token_file` is preferred"
+    )
+
+
 @dataclass(frozen=True)
 class MessageQueueSettings:
     address: str = setting(
@@ -177,8 +200,16 @@ class MessageQueueSettings:
         "60s",
         "how long the queue may stay unreachable before one `mq.unreachable_alert` line at level `error`",
     )
+    compression: Compression = setting(
+        choice("rxstreamer.encoding:Compression"),
+        "none",
+        "`none`, `gzip` (gRPC's channel compression; over NATS, of the payload) or `zstd` (of the payload, named "
+        "in its `content-encoding` header); `tail` reads every one",
+    )
     retry: RetrySettings = table(RetrySettings)
     nats: NatsSettings = table(NatsSettings)
+    tls: ClientTlsSettings = table(ClientTlsSettings)
+    auth: ClientAuthSettings = table(ClientAuthSettings)
 
 
 @dataclass(frozen=True)
@@ -200,6 +231,25 @@ class LoggingSettings:
     progress_interval: float = setting(POSITIVE, "10s", "how often `streamer.progress` is logged")
     rejected_rows_in_full: int = setting(
         integer(0), 20, "rejected rows logged one by one; after that, one count per progress interval"
+    )
+
+
+@dataclass(frozen=True)
+class BrokerTlsSettings:
+    cert: Path | None = setting(OPTIONAL_PATH, "", "PEM certificate chain the broker serves TLS with (with `key`)")
+    key: Path | None = setting(OPTIONAL_PATH, "", "PEM private key of `cert`")
+    client_ca: Path | None = setting(
+        OPTIONAL_PATH, "", "PEM CA file: when set, every client must present a certificate it signed (mutual TLS)"
+    )
+
+
+@dataclass(frozen=True)
+class BrokerAuthSettings:
+    tokens_file: Path | None = setting(
+        OPTIONAL_PATH,
+        "",
+        "TOML file of `[[token]]` tables (`name`, `token`, `publish`, `subscribe`) checked on every call, re-read "
+        "on SIGHUP (see Security); empty: no tokens",
     )
 
 
@@ -247,6 +297,13 @@ class BrokerSettings:
     fsync_interval: float = setting(
         POSITIVE, "100ms", 'with `fsync = "interval"`: how often the database is flushed to disk'
     )
+    allow_plaintext: bool = setting(
+        BOOLEAN,
+        False,
+        "listen without TLS on an address other than loopback without the `broker.plaintext` warning",
+    )
+    tls: BrokerTlsSettings = table(BrokerTlsSettings)
+    auth: BrokerAuthSettings = table(BrokerAuthSettings)
 
 
 def _or_empty(kind: Kind[str]) -> Kind[str]:

@@ -24,11 +24,12 @@ import structlog
 from reactivex import Observable, abc
 from reactivex.disposable import Disposable
 
-from rxstreamer.encoding import CONTENT_DIGEST_HEADER
+from rxstreamer.encoding import CONTENT_DIGEST_HEADER, CONTENT_ENCODING_HEADER, compress_payload
 from rxstreamer.model import EncodedBatch, PublishAck
 from rxstreamer.proto import mq_pb2, mq_pb2_grpc
 from rxstreamer.retry import PublishError
 from rxstreamer.sinks.base import AnsweredElsewhere, SinkOptions, tell_observer
+from rxstreamer.tls import ClientSecurity, client_security, explain_unavailable
 
 log = structlog.get_logger()
 
@@ -46,7 +47,9 @@ _CHANNEL_OPTIONS = [
 _TOO_LARGE = re.compile(r"larger than max \((\d+) vs\. (\d+)\)")
 
 
-def publish_error(error: grpc.RpcError, batch: EncodedBatch | None = None) -> PublishError:
+def publish_error(
+    error: grpc.RpcError, batch: EncodedBatch | None = None, security: tuple[str, ClientSecurity] | None = None
+) -> PublishError:
     """A PublishError carrying the status name and the server's retry hint, if it sent one.
 
     A message over the server's receive limit is refused by gRPC itself with RESOURCE_EXHAUSTED, the status
@@ -70,6 +73,12 @@ def publish_error(error: grpc.RpcError, batch: EncodedBatch | None = None) -> Pu
             "lower telemetry.batch_size, or raise the queue's limit (broker.max_bytes)",
             final=True,
         )
+    if status == grpc.StatusCode.UNAUTHENTICATED:
+        return PublishError(status.name, f"the queue refused this client's token ({details})", final=True)
+    if status == grpc.StatusCode.UNAVAILABLE and security is not None:
+        mismatch = explain_unavailable(details, *security)  # TLS on one side only: no retry mends it
+        if mismatch is not None:
+            return PublishError(status.name, mismatch, final=True)
     return PublishError(status.name, details, retry_after)
 
 
@@ -81,8 +90,13 @@ class GrpcSink(AnsweredElsewhere):
         self._topic = topic
         self._timeout = options.timeout
         self._scheduler = options.scheduler
+        compression = options.settings.compression if options.settings is not None else "none"
+        # gzip is gRPC's own, per call (the payload stays plain); zstd compresses the payload, named in a header.
+        self._call_compression = grpc.Compression.Gzip if compression == "gzip" else None
+        self._payload_encoding = "zstd" if compression == "zstd" else ""
         on_connectivity, background = options.on_connectivity, options.background
-        self._channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        self._security = client_security(options.settings, address)  # ConfigError for a TLS or token file
+        self._channel = self._security.channel(address, options=_CHANNEL_OPTIONS)
         self._stub = mq_pb2_grpc.MessageQueueStub(self._channel)
         super().__init__()
         self._calls = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rxstreamer-publish") if background else None
@@ -92,11 +106,16 @@ class GrpcSink(AnsweredElsewhere):
             self._channel.subscribe(self._connectivity_changed, try_to_connect=True)
 
     def publish(self, batch: EncodedBatch) -> Observable[PublishAck]:
+        payload = compress_payload(batch.payload, self._payload_encoding)  # once per batch, not per attempt
+        headers = {"content-type": batch.content_type, CONTENT_DIGEST_HEADER: batch.content_digest}
+        if self._payload_encoding:
+            headers[CONTENT_ENCODING_HEADER] = self._payload_encoding
+
         def subscribe(observer: abc.ObserverBase[PublishAck], _: abc.SchedulerBase | None = None) -> Disposable:
             request = mq_pb2.PublishRequest(
                 topic=self._topic,
-                payload=batch.payload,
-                headers={"content-type": batch.content_type, CONTENT_DIGEST_HEADER: batch.content_digest},
+                payload=payload,
+                headers=headers,
                 producer_id=batch.producer_id,
                 sequence=batch.sequence,
             )
@@ -119,9 +138,9 @@ class GrpcSink(AnsweredElsewhere):
     ) -> None:
         # Count first: the ack is real even if the pipeline was disposed meanwhile.
         try:
-            response = self._stub.Publish(request, timeout=self._timeout)
+            response = self._stub.Publish(request, timeout=self._timeout, compression=self._call_compression)
         except grpc.RpcError as error:
-            outcome: PublishAck | PublishError = publish_error(error, batch)
+            outcome: PublishAck | PublishError = publish_error(error, batch, (self.address, self._security))
         except ValueError as error:  # the channel was closed under the call
             outcome = PublishError("CANCELLED", f"the publish was cut as the channel closed: {error}")
         else:

@@ -45,7 +45,7 @@ from reactivex import Observable, abc
 from reactivex.disposable import Disposable
 
 from rxstreamer.config import ConfigError
-from rxstreamer.encoding import CONTENT_DIGEST_HEADER
+from rxstreamer.encoding import CONTENT_DIGEST_HEADER, CONTENT_ENCODING_HEADER, compress_payload
 from rxstreamer.model import EncodedBatch, PublishAck
 from rxstreamer.retry import PublishError
 from rxstreamer.sinks.base import AnsweredElsewhere, ResumePoint, SinkOptions, tell_observer
@@ -118,6 +118,9 @@ class NatsSink(AnsweredElsewhere):
         self._topic = topic
         self._subject = f"{SUBJECT_PREFIX}.{topic}"
         self._settings = options.settings.nats
+        # No channel compression in NATS: gzip and zstd both compress the payload, named in content-encoding.
+        compression = options.settings.compression
+        self._payload_encoding = "" if compression == "none" else compression
         self._timeout = options.timeout
         self._scheduler = options.scheduler
         self._on_connectivity = options.on_connectivity
@@ -186,7 +189,11 @@ class NatsSink(AnsweredElsewhere):
             "content-type": batch.content_type,
             CONTENT_DIGEST_HEADER: batch.content_digest,
         }
-        ack = await self._js.publish(self._subject, batch.payload, timeout=self._timeout, headers=headers)
+        payload = batch.payload
+        if self._payload_encoding:
+            headers[CONTENT_ENCODING_HEADER] = self._payload_encoding
+            payload = compress_payload(payload, self._payload_encoding)
+        ack = await self._js.publish(self._subject, payload, timeout=self._timeout, headers=headers)
         return self._ack(batch, ack.seq, duplicate=bool(ack.duplicate))
 
     def _ack(self, batch: EncodedBatch, offset: int, *, duplicate: bool) -> PublishAck:
