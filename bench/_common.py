@@ -14,6 +14,7 @@ import statistics
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -168,6 +169,30 @@ def read_events(stream: IO[str]) -> Iterator[dict[str, Any]]:
         entry = parse_log_line(line)
         if entry is not None:
             yield entry
+
+
+def wait_for_started(process: subprocess.Popen[str], timeout: float) -> None:
+    """Read the streamer's output up to its ``streamer.started`` line; the rest is the caller's to read."""
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    for line in process.stdout:
+        entry = parse_log_line(line)
+        if entry is not None and entry.get("event") == "streamer.started":
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError("no streamer.started line in time")
+    raise RuntimeError(f"the streamer exited before starting (exit {process.wait()})")
+
+
+def started_and_stopped(stream: IO[str]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """A run's ``streamer.started`` and ``streamer.stopped`` lines, reading its output to the end."""
+    started = stopped = None
+    for entry in read_events(stream):
+        if entry["event"] == "streamer.started":
+            started = entry
+        elif entry["event"] == "streamer.stopped":
+            stopped = entry
+    return started, stopped
 
 
 def proc_cpu_seconds(pid: int) -> float:

@@ -37,9 +37,9 @@ from _common import (
     machine_description,
     markdown_table,
     median,
-    read_events,
     rxstreamer_command,
     source_revision,
+    started_and_stopped,
     unique_topic,
 )
 
@@ -84,12 +84,7 @@ def stream(path: Path, broker: Broker, setting: str, batch_size: int) -> Run:
         env = child_env(RXSTREAMER_MESSAGE_QUEUE__COMPRESSION=setting)
         process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT, env=env)
         assert process.stdout is not None
-        started = stopped = None
-        for entry in read_events(process.stdout):
-            if entry["event"] == "streamer.started":
-                started = entry
-            elif entry["event"] == "streamer.stopped":
-                stopped = entry
+        started, stopped = started_and_stopped(process.stdout)
         code = process.wait()
         if code != 0 or started is None or stopped is None or stopped.get("reason") != "completed":
             raise RuntimeError(f"rxstreamer failed with compression {setting} (exit {code}): {stopped}")

@@ -44,6 +44,7 @@ from _common import (
     proc_rss_mb,
     rxstreamer_command,
     unique_topic,
+    wait_for_started,
 )
 
 TARGET_CPU_S_PER_20_S = 0.4
@@ -72,16 +73,8 @@ def measure(address: str, rows: int, seconds: float) -> Idle:
     )  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT, env=child_env())
     assert process.stdout is not None
-    deadline = time.monotonic() + START_TIMEOUT
     try:
-        for line in process.stdout:
-            entry = parse_log_line(line)
-            if entry is not None and entry.get("event") == "streamer.started":
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError("no streamer.started line in time")
-        else:
-            raise RuntimeError(f"the streamer exited before starting (exit {process.wait()})")
+        wait_for_started(process, START_TIMEOUT)
         window_start = time.monotonic()
         startup_cpu = proc_cpu_seconds(process.pid)
         rss_samples = [proc_rss_mb(process.pid)]

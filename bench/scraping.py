@@ -77,6 +77,7 @@ from _common import (
     rxstreamer_command,
     source_revision,
     unique_topic,
+    wait_for_started,
 )
 
 START_TIMEOUT = 60.0
@@ -363,15 +364,7 @@ def _watch_streamer(process: subprocess.Popen[str], pids: tuple[int, int], *, in
     server_pid, broker_pid = pids
     lines: list[str] = []
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        for line in process.stdout:
-            entry = parse_log_line(line)
-            if entry is not None and entry.get("event") == "streamer.started":
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError("no streamer.started line in time")
-        else:
-            raise RuntimeError(f"the streamer exited before starting (exit {process.wait()})")
+        wait_for_started(process, START_TIMEOUT)
         started_at = time.time()
         startup_cpu = proc_cpu_seconds(process.pid)
         reader = drain(process.stdout, lines)

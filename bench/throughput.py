@@ -44,8 +44,8 @@ from _common import (
     log_time,
     markdown_table,
     median,
-    read_events,
     rxstreamer_command,
+    started_and_stopped,
     unique_topic,
 )
 
@@ -93,12 +93,7 @@ def run_rxstreamer(path: Path, address: str, batch_size: int) -> Run:
     env = {**child_env(), **STREAMER_SETTINGS}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT, env=env)
     assert process.stdout is not None
-    started = stopped = None
-    for entry in read_events(process.stdout):
-        if entry["event"] == "streamer.started":
-            started = entry
-        elif entry["event"] == "streamer.stopped":
-            stopped = entry
+    started, stopped = started_and_stopped(process.stdout)
     code, cpu = _wait(process)
     wall = time.perf_counter() - spawned
     if code != 0 or started is None or stopped is None or stopped.get("reason") != "completed":

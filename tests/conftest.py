@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -27,3 +30,30 @@ def real_prom() -> Path:
     if not REAL_PROM.is_file():
         pytest.skip(f"real dcgm-exporter scrape not available at {REAL_PROM} (../shared is only beside CI checkouts)")
     return REAL_PROM
+
+
+def with_two_bad_rows(directory: Path) -> Path:
+    """test-data/metrics.csv with a bad row after line 50 and another after line 100: rejected counts not zero."""
+    lines = TEST_DATA_CSV.read_text().splitlines(keepends=True)
+    path = directory / "metrics.csv"
+    path.write_text("".join([*lines[:50], "bad,row\n", *lines[50:100], "also,bad\n", *lines[100:]]))
+    return path
+
+
+@pytest.fixture(scope="module")
+def promtool() -> str:
+    """Prometheus's own linter; `make tools` installs it, so under CI its absence is a failure, not a skip."""
+    path = shutil.which("promtool")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("promtool is not on PATH under CI: `make test` runs `make tools`, which installs it")
+        pytest.skip("promtool is not on PATH: `make tools` installs it (Debian package prometheus)")
+    return path
+
+
+def promtool_check(promtool: str, text: str) -> tuple[int, list[str]]:
+    """`promtool check metrics` on ``text``: its exit status (0 clean, 3 lint findings, 1 no parse) and lines."""
+    finished = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60, check=False
+    )
+    return finished.returncode, (finished.stdout + finished.stderr).splitlines()

@@ -15,6 +15,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -381,3 +383,12 @@ class LiveConsumer:
             return self._received.get(timeout=self._idle_timeout)
         except queue.Empty:
             return None
+
+
+def http_get(url: str) -> tuple[int, str]:
+    """The status and body of a GET on 127.0.0.1, an error status included (a 503 from /readyz, say)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()

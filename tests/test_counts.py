@@ -14,14 +14,12 @@ from rxstreamer.pipeline import build_pipeline
 from rxstreamer.retry import RetryPolicy
 from rxstreamer.sinks import InMemorySink
 from rxstreamer.sources import CsvRows
-from tests.conftest import TEST_DATA_CSV
+from tests.conftest import with_two_bad_rows
 
 
 def test_counts_mid_run_and_at_the_end_account_for_every_row(tmp_path: Path) -> None:
     """Two bad rows, power rows filtered out, a batch read ahead: the four outcomes add up to rows read."""
-    path = tmp_path / "metrics.csv"
-    lines = TEST_DATA_CSV.read_text().splitlines(keepends=True)
-    path.write_text("".join([*lines[:50], "bad,row\n", *lines[50:100], "also,bad\n", *lines[100:]]))
+    path = with_two_bad_rows(tmp_path)
     rows = CsvRows(path)
     pipeline_counters = PipelineCounters()
     scheduler = TestScheduler()

@@ -8,9 +8,7 @@ that nothing else is reported, and that the text renamed to Prometheus's convent
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,6 +24,7 @@ import pytest
 from rxstreamer.exporter_server import ExporterOptions, RunningExporter, start_exporter
 from rxstreamer.exposition import CONTENT_TYPE, FAMILIES, render_scrape, scrape_text
 from rxstreamer.generate import METRIC_NAMES, Fleet, generate_records
+from tests.conftest import promtool_check
 from tests.processes import REPO_ROOT, child_env, run_command, rxstreamer_command, watch
 
 if TYPE_CHECKING:
@@ -44,24 +43,6 @@ SAMPLE_LINE = re.compile(r"(?P<name>[A-Z_]+)\{(?P<labels>[^}]*)\} (?P<value>\S+)
 
 
 # --- helpers ------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is not on PATH under CI: `make test` runs `make tools`, which installs it")
-        pytest.skip("promtool is not on PATH: `make tools` installs it (Debian package prometheus)")
-    return path
-
-
-def promtool_check(promtool: str, text: str) -> tuple[int, list[str]]:
-    """`promtool check metrics` on ``text``: its exit status (0 clean, 3 lint findings, 1 no parse) and lines."""
-    finished = subprocess.run(
-        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60, check=False
-    )
-    return finished.returncode, (finished.stdout + finished.stderr).splitlines()
 
 
 def assert_passes_promtool(promtool: str, text: str) -> None:

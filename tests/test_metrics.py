@@ -7,8 +7,6 @@ own text format and parser, so what is checked is what a scrape would get.
 from __future__ import annotations
 
 import itertools
-import urllib.error
-import urllib.request
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -56,7 +54,8 @@ from rxstreamer.sinks import InMemorySink
 from rxstreamer.sources import CsvRows
 from rxstreamer.sources.scrape import ScrapeFailedError, ScrapeRows
 from rxstreamer.testing import FailingSink, metric_row
-from tests.conftest import TEST_DATA_CSV
+from tests.conftest import TEST_DATA_CSV, with_two_bad_rows
+from tests.processes import http_get
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -102,9 +101,7 @@ def streamer_view(
 
 def test_the_collector_reports_the_runs_counts_mid_run_and_at_the_end(tmp_path: Path) -> None:
     """Two bad rows, power rows filtered, a batch read ahead: each scrape says what RunCounts says, field by field."""
-    path = tmp_path / "metrics.csv"
-    lines = TEST_DATA_CSV.read_text().splitlines(keepends=True)
-    path.write_text("".join([*lines[:50], "bad,row\n", *lines[50:100], "also,bad\n", *lines[100:]]))
+    path = with_two_bad_rows(tmp_path)
     rows = CsvRows(path)
     pipeline_counters = PipelineCounters()
     scheduler = TestScheduler()
@@ -530,14 +527,6 @@ def test_the_router_sends_each_path_to_its_answer() -> None:
     assert call(broken, "/healthz")[::2] == ("503 Service Unavailable", b"the probe failed: RuntimeError: boom\n")
 
 
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-
-
 def test_the_endpoint_answers_before_and_after_attach_and_frees_its_port() -> None:
     with capture_logs() as logs:
         endpoint = start_endpoint("127.0.0.1:0")
@@ -545,13 +534,13 @@ def test_the_endpoint_answers_before_and_after_attach_and_frees_its_port() -> No
         base = f"http://127.0.0.1:{endpoint.port}"
         assert logs[0]["event"] == "metrics.started"
         assert logs[0]["port"] == endpoint.port
-        assert get(base + "/healthz") == (200, "starting\n")
-        assert get(base + "/readyz") == (503, "starting\n")
-        assert "process_cpu_seconds_total" in get(base + "/metrics")[1]
+        assert http_get(base + "/healthz") == (200, "starting\n")
+        assert http_get(base + "/readyz") == (503, "starting\n")
+        assert "process_cpu_seconds_total" in http_get(base + "/metrics")[1]
         endpoint.attach(BrokerCollector(BrokerCounters(), Broker(max_messages=1, max_bytes=1), lambda: 0),
                         lambda: Probe(True, "alive"), lambda: Probe(True, "ready"))  # fmt: skip
-        assert get(base + "/readyz") == (200, "ready\n")
-        assert "rxstreamer_broker_subscribers 0.0" in get(base + "/metrics")[1]
+        assert http_get(base + "/readyz") == (200, "ready\n")
+        assert "rxstreamer_broker_subscribers 0.0" in http_get(base + "/metrics")[1]
     finally:
         endpoint.close()
     again = start_endpoint(f"127.0.0.1:{endpoint.port}")  # released: the same port can be taken again

@@ -6,16 +6,12 @@ prometheus_client's parser and compared with what the processes log.
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +20,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from rxstreamer.proto import mq_pb2, mq_pb2_grpc
-from tests.conftest import REPO_ROOT, TEST_DATA_CSV
+from tests.conftest import REPO_ROOT, promtool_check, with_two_bad_rows
 from tests.processes import (
     Watched,
     broker_process,
     child_env,
     free_port,
     freeze,
+    http_get,
     json_lines,
     run_command,
     run_streamer,
@@ -66,32 +63,6 @@ RISING = (
 )
 
 
-@pytest.fixture(scope="module")
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is not on PATH under CI: `make test` runs `make tools`, which installs it")
-        pytest.skip("promtool is not on PATH: `make tools` installs it (Debian package prometheus)")
-    return path
-
-
-def promtool_check(promtool: str, text: str) -> tuple[int, list[str]]:
-    """`promtool check metrics` on ``text``: its exit status (0 clean, 3 lint findings, 1 no parse) and lines."""
-    finished = subprocess.run(
-        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60, check=False
-    )
-    return finished.returncode, (finished.stdout + finished.stderr).splitlines()
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-
-
 def parsed(text: str) -> Samples:
     samples: Samples = {}
     for family in text_string_to_metric_families(text):
@@ -101,7 +72,7 @@ def parsed(text: str) -> Samples:
 
 
 def metrics(base: str) -> Samples:
-    status, text = get(base + "/metrics")
+    status, text = http_get(base + "/metrics")
     assert status == 200, text
     return parsed(text)
 
@@ -140,7 +111,7 @@ class Poller:
     def _poll(self) -> None:
         while not self._stop.wait(self._every):
             try:
-                self.statuses.append((time.monotonic(), get(self._url)[0]))
+                self.statuses.append((time.monotonic(), http_get(self._url)[0]))
             except OSError:
                 self.statuses.append((time.monotonic(), 0))  # no answer at all
 
@@ -172,9 +143,7 @@ def test_a_paced_run_counts_up_while_scraped_and_its_last_scrape_equals_the_summ
     after ``streamer.stopped``; the scrape taken then reports each field of that line exactly (the run's
     counts no longer change), and a SIGTERM ends the linger at once.
     """
-    lines = TEST_DATA_CSV.read_text().splitlines(keepends=True)
-    path = tmp_path / "metrics.csv"
-    path.write_text("".join([*lines[:50], "bad,row\n", *lines[50:100], "also,bad\n", *lines[100:]]))
+    path = with_two_bad_rows(tmp_path)
     (tmp_path / "no_power.py").write_text(
         "from reactivex import operators as ops\n\n"
         "def drop_power():\n"
@@ -198,13 +167,13 @@ def test_a_paced_run_counts_up_while_scraped_and_its_last_scrape_equals_the_summ
             for _ in range(3):
                 time.sleep(1.0)
                 during.append(metrics(base))
-                assert get(base + "/healthz") == (200, "alive\n")
-                assert get(base + "/readyz") == (200, "ready\n")
+                assert http_get(base + "/healthz") == (200, "alive\n")
+                assert http_get(base + "/readyz") == (200, "ready\n")
             summary = streamer.wait_for_event("streamer.stopped", timeout=60)
             streamer.wait_for_event("metrics.lingering")
-            status, text = get(base + "/metrics")
+            status, text = http_get(base + "/metrics")
             final = parsed(text)
-            ended = (get(base + "/healthz"), get(base + "/readyz"))
+            ended = (http_get(base + "/healthz"), http_get(base + "/readyz"))
             signalled = time.monotonic()
             returncode = stop_gracefully(streamer)
             stopped_in = time.monotonic() - signalled
@@ -253,13 +222,13 @@ def test_readyz_turns_503_when_the_queue_goes_and_200_when_it_is_back_while_heal
             streamer.wait_for_event("streamer.started")
             base = f"http://127.0.0.1:{metrics_port(streamer.lines)}"
             health = Poller(base + "/healthz")
-            wait_until(lambda: get(base + "/readyz") == (200, "ready\n"), 20, "/readyz to answer 200")
+            wait_until(lambda: http_get(base + "/readyz") == (200, "ready\n"), 20, "/readyz to answer 200")
             assert value(metrics(base), "rxstreamer_queue_up") == 1
             first.stop()
             stopped = time.monotonic()
-            wait_until(lambda: get(base + "/readyz")[0] == 503, 10, "/readyz to answer 503")
+            wait_until(lambda: http_get(base + "/readyz")[0] == 503, 10, "/readyz to answer 503")
             noticed_in = time.monotonic() - stopped
-            assert get(base + "/readyz") == (503, "the queue is unreachable (see mq.unreachable)\n")
+            assert http_get(base + "/readyz") == (503, "the queue is unreachable (see mq.unreachable)\n")
             assert value(metrics(base), "rxstreamer_queue_up") == 0
             streamer.wait_for_event("mq.unreachable")
         except BaseException:
@@ -267,7 +236,7 @@ def test_readyz_turns_503_when_the_queue_goes_and_200_when_it_is_back_while_heal
             raise
     try:
         with broker_process(port=port):
-            wait_until(lambda: get(base + "/readyz") == (200, "ready\n"), 30, "/readyz to answer 200 again")
+            wait_until(lambda: http_get(base + "/readyz") == (200, "ready\n"), 30, "/readyz to answer 200 again")
             came_back = time.monotonic()
             back = metrics(base)
             statuses = health.stop()
@@ -294,17 +263,17 @@ def test_a_frozen_queue_is_a_stall_before_any_publish_times_out() -> None:
         try:
             streamer.wait_for_event("streamer.started")
             base = f"http://127.0.0.1:{metrics_port(streamer.lines)}"
-            wait_until(lambda: get(base + "/readyz") == (200, "ready\n"), 20, "/readyz to answer 200")
+            wait_until(lambda: http_get(base + "/readyz") == (200, "ready\n"), 20, "/readyz to answer 200")
             freeze(broker.process)
             frozen = time.monotonic()
             try:
-                wait_until(lambda: get(base + "/readyz")[0] == 503, 4, "/readyz to answer 503")
+                wait_until(lambda: http_get(base + "/readyz")[0] == 503, 4, "/readyz to answer 503")
                 stalled_after = time.monotonic() - frozen
-                reason = get(base + "/readyz")[1]
+                reason = http_get(base + "/readyz")[1]
                 in_flight = value(metrics(base), "rxstreamer_batches_in_flight")
             finally:
                 thaw(broker.process)
-            wait_until(lambda: get(base + "/readyz") == (200, "ready\n"), 20, "/readyz to answer 200 again")
+            wait_until(lambda: http_get(base + "/readyz") == (200, "ready\n"), 20, "/readyz to answer 200 again")
             returncode = stop_gracefully(streamer)
         finally:
             ensure_gone(streamer)
@@ -336,14 +305,14 @@ def test_the_broker_counts_messages_bytes_and_duplicates_per_topic(promtool: str
     """A file streamed twice under the same producer id: 96 messages stored, then 96 duplicates."""
     with broker_process("--metrics-listen", "127.0.0.1:0") as broker:
         base = f"http://127.0.0.1:{metrics_port(json_lines(''.join(broker.lines)))}"
-        assert get(base + "/healthz") == (200, "serving\n")
-        assert get(base + "/readyz") == (200, "serving\n")
+        assert http_get(base + "/healthz") == (200, "serving\n")
+        assert http_get(base + "/readyz") == (200, "serving\n")
         streamed = [
             run_streamer("--mq-address", broker.address, "--topic", "broker-metrics", "--interval", "0s")
             for _ in range(2)
         ]
         assert [finished.summary["duplicates"] for finished in streamed] == [0, 96]
-        status, text = get(base + "/metrics")
+        status, text = http_get(base + "/metrics")
         samples = parsed(text)
         stored = payload_bytes(broker.address, "broker-metrics", 96)
         wait_until(lambda: value(metrics(base), "rxstreamer_broker_subscribers") == 0, 10, "the subscriber to go")
