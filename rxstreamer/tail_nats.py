@@ -5,15 +5,19 @@ topic's subject ``rxstreamer.<topic>`` of ``message_queue.nats.stream``: from it
 (``--from-beginning``), from a stream sequence (``--from-offset``: the offset is the stream sequence, as in
 the streamer's acknowledgements), or only new messages. The offset printed with ``--with-batch`` is the
 message's stream sequence; the producer id and sequence are the batch's own (as in its ``Nats-Msg-Id``).
+
+It connects as the streamer does (``message_queue.tls``, and the user, token or creds of ``message_queue.nats``
+and ``message_queue.auth``), and stops at once, with the reason, on what no retry mends: credentials refused,
+a permissions violation, TLS on one side only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import TextIO
+from collections.abc import Awaitable
+from typing import TextIO, TypeVar
 
-import nats
 import nats.errors
 import nats.js.errors
 from google.protobuf.message import DecodeError
@@ -21,9 +25,19 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from rxstreamer.encoding import CONTENT_ENCODING_HEADER, CONTENT_TYPE, PayloadEncodingError, decode_batch
+from rxstreamer.encoding import CONTENT_ENCODING_HEADER, METRIC_BATCH_CONTENT_TYPES, PayloadEncodingError, decode_batch
+from rxstreamer.retry import PublishError
 from rxstreamer.sinks import split_address
-from rxstreamer.sinks.nats import SUBJECT_PREFIX, publish_error, servers_of
+from rxstreamer.sinks.nats import (
+    SUBJECT_PREFIX,
+    NatsRefusedError,
+    NatsSecurity,
+    connect,
+    nats_security,
+    publish_error,
+    refusal,
+    servers_of,
+)
 from rxstreamer.tail import TailError, TailOptions, print_batch
 
 __all__ = ["tail_nats"]
@@ -31,6 +45,7 @@ __all__ = ["tail_nats"]
 _CONNECT_TIMEOUT_S = 5
 SUBSCRIBE_PATIENCE_S = 30.0
 _FOREVER_S = 365 * 24 * 3600.0
+_T = TypeVar("_T")
 
 
 def tail_nats(options: TailOptions, out: TextIO, stream: str) -> int:
@@ -40,18 +55,23 @@ def tail_nats(options: TailOptions, out: TextIO, stream: str) -> int:
 
 async def _tail(options: TailOptions, out: TextIO, stream: str) -> int:
     _, target = split_address(options.address)
+    servers = servers_of(target)
+    security = nats_security(options.settings)  # ConfigError for a TLS, password or creds file
+    refused = _Refusal(servers, security)
     try:
-        connection = await nats.connect(
-            servers=servers_of(target), connect_timeout=_CONNECT_TIMEOUT_S, max_reconnect_attempts=-1
+        connection = await connect(
+            servers, security, connect_timeout=_CONNECT_TIMEOUT_S, error_cb=refused.note, closed_cb=refused.closed
         )
+    except NatsRefusedError as error:
+        raise TailError(error.error.message) from None
     except Exception as error:
         raise TailError(f"cannot reach the NATS servers at {options.address}: {error}") from None
     try:
-        subscription = await _subscribe(connection.jetstream(), options, stream)
+        subscription = await refused.unless(_subscribe(connection.jetstream(), options, stream))
         printed = 0
         while options.count is None or printed < options.count:
             try:
-                message = await subscription.next_msg(timeout=options.idle_timeout or _FOREVER_S)
+                message = await refused.unless(subscription.next_msg(timeout=options.idle_timeout or _FOREVER_S))
             except nats.errors.TimeoutError:
                 break  # idle: nothing more is coming soon
             limit = None if options.count is None else options.count - printed
@@ -78,6 +98,38 @@ async def _subscribe(js: JetStreamContext, options: TailOptions, stream: str) ->
             await asyncio.sleep(0.5)
 
 
+class _Refusal:
+    """The first error no retry mends on the connection (a permissions violation is answered by no reply, only by
+    this error): ``unless`` ends any wait with it as a TailError."""
+
+    def __init__(self, servers: list[str], security: NatsSecurity) -> None:
+        self._servers, self._security = servers, security
+        self._error: PublishError | None = None
+        self._event = asyncio.Event()
+
+    async def note(self, error: Exception) -> None:
+        final = refusal(error, self._servers, self._security)
+        if final is not None and self._error is None:
+            self._error = final
+            self._event.set()
+
+    async def closed(self) -> None:
+        self._event.set()  # closed by the client itself (not by us: we close only after the last wait)
+
+    async def unless(self, awaitable: Awaitable[_T]) -> _T:
+        task = asyncio.ensure_future(awaitable)
+        refused = asyncio.ensure_future(self._event.wait())
+        try:
+            await asyncio.wait({task, refused}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            refused.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise TailError(self._error.message if self._error is not None else "the NATS connection was closed")
+
+
 def _start(options: TailOptions) -> ConsumerConfig:
     if options.from_offset is not None:
         return ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=max(options.from_offset, 1))
@@ -86,11 +138,12 @@ def _start(options: TailOptions) -> ConsumerConfig:
 
 def _print(message: Msg, options: TailOptions, out: TextIO, limit: int | None) -> int:
     headers = message.headers or {}
-    if headers.get("content-type", CONTENT_TYPE) != CONTENT_TYPE:
+    content_type = headers.get("content-type")  # names the version; without it, the payload does
+    if content_type is not None and content_type not in METRIC_BATCH_CONTENT_TYPES:
         return 0  # not telemetry: another producer shares the subject
     offset = message.metadata.sequence.stream
     try:
-        batch = decode_batch(message.data, headers.get(CONTENT_ENCODING_HEADER, ""))
+        batch = decode_batch(message.data, headers.get(CONTENT_ENCODING_HEADER, ""), content_type)
     except PayloadEncodingError as error:
         raise TailError(f"message {offset} of the stream cannot be read: {error}") from error
     except DecodeError as error:

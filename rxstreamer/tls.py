@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -123,6 +124,40 @@ def client_security(settings: MessageQueueSettings | None, target: str) -> Clien
     return ClientSecurity(channel, options, tls=use_tls, token=token is not None, certificate=tls.cert is not None)
 
 
+def client_token(settings: MessageQueueSettings) -> str | None:
+    """The token ``message_queue.auth`` names (its file read now), or None; a ConfigError for a bad file."""
+    return _token(settings)
+
+
+def client_ssl_context(settings: MessageQueueSettings, *, force: bool = False) -> ssl.SSLContext | None:
+    """An ``ssl.SSLContext`` from ``message_queue.tls``, for clients that take one (NATS); None when no TLS setting
+    is set (and not ``force``). Without ``ca`` the system's CAs are trusted. Files are checked as for gRPC: one that
+    is missing, unreadable, empty or not PEM is a ConfigError naming its setting (never quoting the file)."""
+    tls = settings.tls
+    if not force and tls.ca is None and tls.cert is None and tls.key is None and not tls.server_name:
+        return None
+    if (tls.cert is None) != (tls.key is None):
+        missing = "message_queue.tls.key" if tls.key is None else "message_queue.tls.cert"
+        raise ConfigError(missing, "", "must be set too: mutual TLS needs both cert and key")
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    if tls.ca is not None:
+        ca = read_file("message_queue.tls.ca", tls.ca)
+        try:
+            context.load_verify_locations(cadata=ca.decode("ascii", "replace"))
+        except (ssl.SSLError, ValueError):
+            raise ConfigError("message_queue.tls.ca", tls.ca, "holds no PEM certificate") from None
+    if tls.cert is not None and tls.key is not None:
+        read_file("message_queue.tls.cert", tls.cert)
+        read_file("message_queue.tls.key", tls.key)
+        try:
+            context.load_cert_chain(str(tls.cert), str(tls.key))
+        except (ssl.SSLError, ValueError):
+            raise ConfigError(
+                "message_queue.tls.cert", tls.cert, "and message_queue.tls.key are not a PEM certificate and its key"
+            ) from None
+    return context
+
+
 def _token(settings: MessageQueueSettings) -> str | None:
     auth = settings.auth
     if auth.token_file is not None:
@@ -197,7 +232,6 @@ def _probe_tls(target: str, *, with_certificate: bool, timeout: float = 1.0) -> 
     """ "tls" when ``target`` completes a TLS handshake, "certificate_required" when it then asks for a
     certificate this client lacks; None when it does not speak TLS or cannot be reached."""
     import socket
-    import ssl
 
     host, _, port = target.rpartition(":")
     if not port.isdigit():

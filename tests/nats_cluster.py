@@ -12,6 +12,13 @@ Readiness and leadership are read from each server's HTTP monitoring endpoint (`
 and asks each server what it alone knows (only a leader can say for sure that it leads). No pytest here: bench
 scripts import it too.
 
+Security, for the tests of TLS and credentials: ``NatsCluster(tls=True)`` makes a CA and certificates with trustme
+(for 127.0.0.1 and localhost, written to the cluster's directory: ``cluster.ca``, and ``client_cert`` and
+``client_key`` for mutual TLS, which ``verify_clients=True`` requires), and ``authorization="..."`` puts that
+text in the servers' ``authorization { }`` block (users with passwords or NKeys and their permissions, or a
+token). Both apply to the client port only: routes between the servers and the monitoring endpoint stay plain,
+on 127.0.0.1. The default is a plaintext cluster without authorization.
+
 ``python -m tests.nats_cluster --serve`` starts a cluster, prints its address and runs until Ctrl-C or SIGTERM.
 """
 
@@ -119,6 +126,9 @@ class NatsCluster:
         cluster_name: str = CLUSTER_NAME,
         ready_timeout: float = READY_TIMEOUT,
         binary: str | None = None,
+        tls: bool = False,
+        verify_clients: bool = False,
+        authorization: str = "",
     ) -> None:
         if len(set(names)) != len(names) or not names:
             raise ValueError(f"server names must be distinct and at least one: {names!r}")
@@ -126,6 +136,9 @@ class NatsCluster:
         self.cluster_name = cluster_name
         self.ready_timeout = ready_timeout
         self._binary = binary
+        self.tls = tls or verify_clients
+        self.verify_clients = verify_clients
+        self.authorization = authorization
         self.directory: Path | None = None
         self.nodes: dict[str, NatsNode] = {}
         # Seconds from the first process started to the cluster being ready (the last start() or restart()).
@@ -189,6 +202,8 @@ class NatsCluster:
     def _lay_out(self) -> None:
         """A fresh directory with one config file, store directory and log file per server, on fresh ports."""
         self.directory = Path(tempfile.mkdtemp(prefix="rxstreamer-nats-"))
+        if self.tls:
+            self._write_certificates(self.directory)
         ports = free_ports(3 * len(self.names))
         routes = [f"nats-route://127.0.0.1:{ports[3 * i + 1]}" for i in range(len(self.names))]
         for i, name in enumerate(self.names):
@@ -205,11 +220,43 @@ class NatsCluster:
             node.config.write_text(self._config(node, routes))
             self.nodes[name] = node
 
+    @property
+    def ca(self) -> Path:
+        """The PEM file of the CA that signed the servers' (and the client's) certificates; only with ``tls``."""
+        return self._pki_file("ca.pem")
+
+    @property
+    def client_cert(self) -> Path:
+        return self._pki_file("client.pem")
+
+    @property
+    def client_key(self) -> Path:
+        return self._pki_file("client.key")
+
+    def _pki_file(self, name: str) -> Path:
+        if not self.tls or self.directory is None:
+            raise ValueError("only a started NatsCluster(tls=True) has certificates")
+        return self.directory / "pki" / name
+
+    def _write_certificates(self, directory: Path) -> None:
+        import trustme  # here: only clusters with TLS need it (a dev dependency)
+
+        pki = directory / "pki"
+        pki.mkdir()
+        ca = trustme.CA()
+        server = ca.issue_cert("127.0.0.1", "localhost")
+        client = ca.issue_cert("streamer.test")
+        ca.cert_pem.write_to_path(str(pki / "ca.pem"))
+        server.cert_chain_pems[0].write_to_path(str(pki / "server.pem"))
+        server.private_key_pem.write_to_path(str(pki / "server.key"))
+        client.cert_chain_pems[0].write_to_path(str(pki / "client.pem"))
+        client.private_key_pem.write_to_path(str(pki / "client.key"))
+
     def _config(self, node: NatsNode, routes: Sequence[str]) -> str:
         """The server's config: every listener on 127.0.0.1; every server lists all routes (its own is ignored)."""
         q = json.dumps  # NATS config accepts JSON strings, which quotes paths and names safely
         route_list = ", ".join(q(route) for route in routes)
-        return (
+        config = (
             f"server_name: {q(node.name)}\n"
             f"listen: {q(f'127.0.0.1:{node.client_port}')}\n"
             f"http: {q(f'127.0.0.1:{node.http_port}')}\n"
@@ -217,6 +264,17 @@ class NatsCluster:
             f"cluster {{\n  name: {q(self.cluster_name)}\n  listen: {q(f'127.0.0.1:{node.cluster_port}')}\n"
             f"  routes: [{route_list}]\n}}\n"
         )
+        if self.tls:  # the client port only: the cluster block has its own tls, left out, so routes stay plain
+            assert self.directory is not None
+            pki = self.directory / "pki"
+            verify = f"  ca_file: {q(str(pki / 'ca.pem'))}\n  verify: true\n" if self.verify_clients else ""
+            config += (
+                f"tls {{\n  cert_file: {q(str(pki / 'server.pem'))}\n  key_file: {q(str(pki / 'server.key'))}\n"
+                f"{verify}  timeout: 2\n}}\n"
+            )
+        if self.authorization:  # likewise: routes are not authorized by it
+            config += f"authorization {{\n{self.authorization}\n}}\n"
+        return config
 
     def _spawn(self, binary: str, name: str) -> None:
         node = self.node(name)

@@ -21,8 +21,16 @@ def cluster() -> Iterator[NatsCluster]:
     yield from cluster_for_test()
 
 
-def read_stream(address: str, topic: str = "gpu-telemetry", stream: str = STREAM) -> list[dict[str, Any]]:
-    """Every metric of the topic in the stream, from its first message, as `rxstreamer tail --with-batch` prints."""
+def read_stream(
+    address: str,
+    topic: str = "gpu-telemetry",
+    stream: str = STREAM,
+    settings: dict[str, str] | None = None,
+    count: int | None = None,
+) -> list[dict[str, Any]]:
+    """Every metric of the topic in the stream, from its first message, as `rxstreamer tail --with-batch` prints;
+    ``settings`` are RXSTREAMER_ variables (TLS and credentials, say). With ``count``, the first ``count`` metrics,
+    without waiting for the stream to stay idle."""
     finished = run_command(
         "tail",
         "--mq-address",
@@ -35,6 +43,8 @@ def read_stream(address: str, topic: str = "gpu-telemetry", stream: str = STREAM
         "--idle-timeout",
         "3s",
         "--with-batch",
+        *(() if count is None else ("--count", str(count))),
+        env=settings,
     )
     assert finished.returncode == 0, finished.stderr
     return [json.loads(line) for line in finished.stdout.splitlines()]

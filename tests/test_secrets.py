@@ -115,3 +115,6 @@ def test_the_settings_summary_shows_a_token_as_set_or_unset() -> None:
     shown = settings_summary(load_settings(environ={"RXSTREAMER_MESSAGE_QUEUE__AUTH__TOKEN": SECRET_A}))
     assert shown["message_queue.auth.token"] == "(set)"
     assert SECRET_A not in json.dumps(shown, default=str)
+    nats = settings_summary(load_settings(environ={"RXSTREAMER_MESSAGE_QUEUE__NATS__PASSWORD": SECRET_A}))
+    assert (nats["message_queue.nats.password"], nats["message_queue.auth.token"]) == ("(set)", "(unset)")
+    assert SECRET_A not in json.dumps(nats, default=str)

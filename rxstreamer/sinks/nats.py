@@ -23,15 +23,30 @@ hands the coroutine to it and the answer comes back on the pipeline's thread thr
 pending acknowledgement has a deadline (``message_queue.publish_timeout``), whatever the client does.
 Initial connection is retried in the background like reconnection, so a cluster that is down at start
 behaves like a gRPC broker that is down: publishes fail as UNAVAILABLE and are retried.
+
+Security (``nats_security``): TLS from ``message_queue.tls`` (any of its settings turns it on), and one kind of
+credentials: ``message_queue.nats.user`` with its password, the token of ``message_queue.auth``, or
+``message_queue.nats.creds_file`` (a ``.creds`` file or an NKey user seed). What no retry can mend ends the run
+at once (``refusal``): credentials the servers refuse, a permissions violation, TLS wanted on one side only, a
+certificate not trusted. nats-py itself would retry those forever, and would connect in plaintext to a server
+that does not offer TLS even when given a TLS context: ``_GuardedClient`` checks the server's INFO before
+anything (credentials above all) is sent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
+import importlib.util
+import logging
+import ssl
 import threading
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlparse
 
 import nats
 import nats.errors
@@ -49,8 +64,23 @@ from rxstreamer.encoding import CONTENT_DIGEST_HEADER, CONTENT_ENCODING_HEADER, 
 from rxstreamer.model import EncodedBatch, PublishAck
 from rxstreamer.retry import PublishError
 from rxstreamer.sinks.base import AnsweredElsewhere, ResumePoint, SinkOptions, tell_observer
+from rxstreamer.tls import client_ssl_context, client_token, is_loopback, read_file
 
-__all__ = ["SUBJECT_PREFIX", "NatsSink", "message_id", "servers_of", "subject_covers"]
+if TYPE_CHECKING:
+    from rxstreamer.config.declared import MessageQueueSettings
+
+__all__ = [
+    "SUBJECT_PREFIX",
+    "NatsRefusedError",
+    "NatsSecurity",
+    "NatsSink",
+    "connect",
+    "message_id",
+    "nats_security",
+    "refusal",
+    "servers_of",
+    "subject_covers",
+]
 
 log = structlog.get_logger()
 
@@ -60,6 +90,7 @@ MSG_ID_HEADER = "Nats-Msg-Id"
 # the NATS servers may disagree by this much.
 CLOCK_SKEW = timedelta(minutes=5)
 _RECONNECT_WAIT_S = 0.25
+_FOREVER_S = 365 * 24 * 3600.0
 _T = TypeVar("_T")
 
 
@@ -94,6 +125,8 @@ def publish_error(error: BaseException) -> PublishError:  # noqa: PLR0911 (one a
     if isinstance(error, nats.js.errors.APIError):
         status = "NOT_FOUND" if error.code == 404 else "FAILED_PRECONDITION"
         return PublishError(status, f"JetStream refused the batch: {error.code} {error.description}", final=True)
+    if isinstance(error, NatsRefusedError):
+        return error.error
     if isinstance(error, nats.errors.MaxPayloadError):
         return PublishError(
             "RESOURCE_EXHAUSTED",
@@ -107,6 +140,319 @@ def publish_error(error: BaseException) -> PublishError:  # noqa: PLR0911 (one a
     return PublishError("UNKNOWN", f"{type(error).__name__}: {error}")
 
 
+# --- security: TLS, credentials, and the refusals no retry mends -----------------------------------------------
+
+_JWT_MARKER = b"-----BEGIN NATS USER JWT-----"
+_SEED_MARKER = b"-----BEGIN USER NKEY SEED-----"
+
+
+@dataclass(frozen=True)
+class NatsSecurity:
+    """How a NATS client connects: a TLS context (None: plaintext) and at most one kind of credentials.
+
+    The password and the token are kept out of ``repr``; ``auth`` names the kind for messages ("user 'alice'",
+    "a token", "the NKey seed in FILE") and never holds a secret.
+    """
+
+    tls: ssl.SSLContext | None = None
+    tls_hostname: str | None = None
+    certificate: bool = False  # a client certificate, for mutual TLS
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    creds_file: Path | None = None  # a .creds file: user JWT and seed
+    nkey_seed_file: Path | None = None  # an NKey user seed alone
+    auth: str = "no credentials"
+    auth_settings: str = "message_queue.nats.user, message_queue.auth.token or message_queue.nats.creds_file"
+
+    @property
+    def sends_secret(self) -> bool:
+        """Whether CONNECT carries a secret itself (a password, a token); an NKey only signs the server's nonce."""
+        return self.password is not None or self.token is not None
+
+    def connect_options(self) -> dict[str, Any]:
+        """The keyword arguments of nats-py's ``connect`` for this security."""
+        options: dict[str, Any] = {}
+        if self.tls is not None:
+            options["tls"] = self.tls
+            if self.tls_hostname:
+                options["tls_hostname"] = self.tls_hostname
+        if self.user is not None:
+            options.update(user=self.user, password=self.password)
+        if self.token is not None:
+            options["token"] = self.token
+        if self.creds_file is not None:
+            options["user_credentials"] = str(self.creds_file)
+        if self.nkey_seed_file is not None:
+            options["nkeys_seed"] = str(self.nkey_seed_file)
+        return options
+
+
+def nats_security(settings: MessageQueueSettings | None) -> NatsSecurity:
+    """The TLS and credentials ``message_queue`` asks for, every file read and checked now (ConfigError, exit 2)."""
+    if settings is None:
+        return NatsSecurity()
+    tls = client_ssl_context(settings)
+    hostname = settings.tls.server_name or None
+    nats_settings = settings.nats
+    chosen: list[tuple[str, str]] = []  # (the setting, what a refusal says to check)
+    user = password = None
+    creds = seed = None
+    auth = "no credentials"
+    if nats_settings.user or nats_settings.password_file is not None or nats_settings.password:
+        password = _password(settings)
+        if not nats_settings.user:
+            raise ConfigError("message_queue.nats.user", "", "must be set too: a password is a NATS user's")
+        if password is None:
+            raise ConfigError(
+                "message_queue.nats.password_file", "", f"must be set too (or password): user {nats_settings.user!r}"
+            )
+        user, auth = nats_settings.user, f"user {nats_settings.user!r}"
+        what = "password_file" if nats_settings.password_file is not None else "password"
+        chosen.append(("message_queue.nats.user", f"message_queue.nats.user and message_queue.nats.{what}"))
+    token = client_token(settings)
+    if token is not None:
+        auth = "a token"
+        name = f"message_queue.auth.{'token_file' if settings.auth.token_file is not None else 'token'}"
+        chosen.append((name, name))
+    if nats_settings.creds_file is not None:
+        creds, seed, auth = _creds(nats_settings.creds_file)
+        chosen.append(("message_queue.nats.creds_file", "message_queue.nats.creds_file"))
+    if len(chosen) > 1:
+        raise ConfigError(chosen[1][0], "(set)", f"set only one kind of NATS credentials: {chosen[0][0]} is set too")
+    check = chosen[0][1] if chosen else NatsSecurity.auth_settings
+    certificate = settings.tls.cert is not None
+    return NatsSecurity(tls, hostname, certificate, user, password, token, creds, seed, auth, check)
+
+
+def _password(settings: MessageQueueSettings) -> str | None:
+    nats_settings = settings.nats
+    if nats_settings.password_file is not None:
+        text = read_file("message_queue.nats.password_file", nats_settings.password_file).decode("utf-8", "replace")
+        password = text.removesuffix("\n").removesuffix("\r")
+        if "\n" in password or "\r" in password:
+            raise ConfigError("message_queue.nats.password_file", nats_settings.password_file, "must hold one line")
+        return password
+    return nats_settings.password or None
+
+
+def _creds(path: Path) -> tuple[Path | None, Path | None, str]:
+    """(creds file, seed file, what it is) for ``message_queue.nats.creds_file``, its content checked."""
+    setting = "message_queue.nats.creds_file"
+    content = read_file(setting, path)
+    if importlib.util.find_spec("nkeys") is None:
+        raise ConfigError(setting, path, "needs the nkeys package: pip install 'rxstreamer[nats]'")
+    nkeys = importlib.import_module("nkeys")
+    if _JWT_MARKER in content:
+        lines = content.splitlines()
+        at = next((i for i, line in enumerate(lines) if _SEED_MARKER in line), None)
+        seed = lines[at + 1].strip() if at is not None and at + 1 < len(lines) else b""
+        what: tuple[Path | None, Path | None, str] = (path, None, f"the credentials in {path}")
+    else:
+        seed = content.strip()
+        what = (None, path, f"the NKey seed in {path}")
+    try:
+        if not seed.startswith(b"SU"):
+            raise ValueError
+        nkeys.from_seed(bytearray(seed)).wipe()
+    except Exception:
+        raise ConfigError(
+            setting, path, "is neither a NATS .creds file nor an NKey user seed (one line starting with SU)"
+        ) from None
+    return what
+
+
+class NatsRefusedError(Exception):
+    """What no retry can mend, met while connecting or on the connection: ``error`` says what and what to set."""
+
+    def __init__(self, error: PublishError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class _RefusedConnectionError(nats.errors.Error):
+    """Raised by ``_GuardedClient`` before it sends CONNECT: the client's own refusal, with its message."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class _GuardedClient(Client):
+    """nats-py's client, which checks the server's INFO before sending CONNECT (and the credentials in it).
+
+    nats-py upgrades to TLS when the server requires it, and otherwise stays in plaintext even when given a TLS
+    context: with TLS asked for, that would send the credentials in the clear to a server (or a man in the middle)
+    without TLS. So: TLS asked for and not offered is refused; a password or token over plaintext is sent to a
+    loopback address only, as gRPC's tokens are.
+    """
+
+    def __init__(self, security: NatsSecurity) -> None:
+        super().__init__()
+        self._security = security
+
+    def _connect_command(self) -> bytes:
+        server = self._current_server
+        where = "the NATS server" if server is None else f"the NATS server at {server.uri.netloc}"
+        secure = bool(self._server_info.get("tls_required"))
+        if self._security.tls is not None and not secure:
+            raise _RefusedConnectionError(
+                f"{where} does not offer TLS and message_queue.tls.* asks for it: enable tls on the servers, or "
+                "unset message_queue.tls.*"
+            )
+        host = "" if server is None else server.uri.hostname or ""
+        if self._security.sends_secret and not secure and not is_loopback(host):
+            raise _RefusedConnectionError(
+                f"{where} does not use TLS: {self._security.auth_settings} is only sent over TLS to an address other "
+                "than loopback; enable tls on the servers and set message_queue.tls.ca"
+            )
+        return super()._connect_command()
+
+
+def refusal(  # noqa: PLR0911 (one answer per kind of failure)
+    error: BaseException, servers: Sequence[str], security: NatsSecurity
+) -> PublishError | None:
+    """The final error a failure of the connection means, or None when a retry may mend it."""
+    where = ", ".join(urlparse(server).netloc for server in servers)
+    text = str(error)
+    lowered = text.lower()
+    if isinstance(error, _RefusedConnectionError):
+        return PublishError("FAILED_PRECONDITION", error.message, final=True)
+    if isinstance(error, nats.errors.AuthorizationError) or "authorization violation" in lowered:
+        if security.auth == "no credentials":
+            return PublishError(
+                "UNAUTHENTICATED",
+                f"authentication failed: the NATS servers at {where} require credentials (Authorization Violation), "
+                f"and none are set: set {security.auth_settings}",
+                final=True,
+            )
+        return PublishError(
+            "UNAUTHENTICATED",
+            f"authentication failed: the NATS servers at {where} refused {security.auth} (Authorization Violation); "
+            f"check {security.auth_settings}",
+            final=True,
+        )
+    if "authentication expired" in lowered or "authentication revoked" in lowered:
+        return PublishError(
+            "UNAUTHENTICATED", f"authentication failed: {text.strip()}; check {security.auth_settings}", final=True
+        )
+    if "permissions violation" in lowered:
+        return PublishError(
+            "PERMISSION_DENIED",
+            f"the NATS servers refused: {text.strip()} (the user lacks that permission, see Security)",
+            final=True,
+        )
+    if isinstance(error, ssl.SSLCertVerificationError):
+        if security.tls is None:
+            return PublishError(
+                "FAILED_PRECONDITION",
+                f"the NATS servers at {where} require TLS, and their certificate is not one the system trusts "
+                f"({error.verify_message}): set message_queue.tls.ca to the CA that signed it",
+                final=True,
+            )
+        return PublishError(
+            "FAILED_PRECONDITION",
+            f"TLS handshake with the NATS servers at {where} failed: {error.verify_message}; check "
+            "message_queue.tls.ca and message_queue.tls.server_name",
+            final=True,
+        )
+    if isinstance(error, ssl.SSLError):
+        reason = error.reason or type(error).__name__
+        if "CERTIFICATE_REQUIRED" in reason.upper() or "BAD_CERTIFICATE" in reason.upper():
+            if not security.certificate:
+                return PublishError(
+                    "FAILED_PRECONDITION",
+                    f"the NATS servers at {where} require a client certificate (mutual TLS): set "
+                    "message_queue.tls.cert and message_queue.tls.key",
+                    final=True,
+                )
+            return PublishError(
+                "FAILED_PRECONDITION",
+                f"the NATS servers at {where} refused this client's certificate ({reason}): check "
+                "message_queue.tls.cert (signed by a CA the servers trust?)",
+                final=True,
+            )
+        return PublishError(
+            "FAILED_PRECONDITION",
+            f"TLS handshake with the NATS servers at {where} failed ({reason}); check message_queue.tls.*",
+            final=True,
+        )
+    if "secure connection" in lowered and "required" in lowered:  # the server's -ERR for a client without TLS
+        return PublishError(
+            "FAILED_PRECONDITION",
+            f"the NATS servers at {where} require TLS: set message_queue.tls.ca",
+            final=True,
+        )
+    return None
+
+
+async def connect(
+    servers: Sequence[str],
+    security: NatsSecurity,
+    *,
+    connect_timeout: float,
+    error_cb: Callable[[Exception], Awaitable[None]] | None = None,
+    **options: Any,
+) -> Client:
+    """A connection to the first server that answers, tried again and again while none does; NatsRefusedError
+    at once for what no retry mends (wrong credentials, a TLS mismatch), which nats-py itself retries forever."""
+    if security.tls is not None:
+        _quiet_tls_eof_warning()
+    client = _GuardedClient(security)
+    refused: asyncio.Future[PublishError] = asyncio.get_running_loop().create_future()
+
+    async def on_error(error: Exception) -> None:
+        final = refusal(error, servers, security)
+        if final is not None and not refused.done():
+            refused.set_result(final)
+        if error_cb is not None:
+            await error_cb(error)
+
+    connecting = asyncio.ensure_future(
+        client.connect(
+            servers=list(servers),
+            connect_timeout=max(1, int(connect_timeout)),
+            max_reconnect_attempts=-1,
+            error_cb=on_error,
+            **security.connect_options(),
+            **options,
+        )
+    )
+    waiting: set[asyncio.Future[Any]] = {connecting, refused}
+    try:
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # the sink closes while no server answers: stop trying
+        connecting.cancel()
+        raise
+    if refused.done():
+        connecting.cancel()
+        await asyncio.gather(connecting, return_exceptions=True)
+        await asyncio.gather(client.close(), return_exceptions=True)
+        raise NatsRefusedError(refused.result())
+    refused.cancel()
+    await connecting
+    return client
+
+
+_TLS_EOF_WARNING = "returning true from eof_received() has no effect when using ssl"
+
+
+class _NoTlsEofWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != _TLS_EOF_WARNING
+
+
+def _quiet_tls_eof_warning() -> None:
+    """nats-py's TLS transport (a StreamReaderProtocol under ``start_tls``) makes asyncio log this harmless warning
+    at every close, as a plain line on stderr among the JSON ones: it is dropped, nothing else of asyncio's."""
+    logger = logging.getLogger("asyncio")
+    if not any(isinstance(existing, _NoTlsEofWarning) for existing in logger.filters):
+        logger.addFilter(_NoTlsEofWarning())
+
+
 class NatsSink(AnsweredElsewhere):
     """Publishes to one subject of a JetStream stream over one connection to the cluster."""
 
@@ -118,6 +464,7 @@ class NatsSink(AnsweredElsewhere):
         self._topic = topic
         self._subject = f"{SUBJECT_PREFIX}.{topic}"
         self._settings = options.settings.nats
+        self._security = nats_security(options.settings)  # ConfigError for a TLS, password or creds file
         # No channel compression in NATS: gzip and zstd both compress the payload, named in content-encoding.
         compression = options.settings.compression
         self._payload_encoding = "" if compression == "none" else compression
@@ -128,8 +475,10 @@ class NatsSink(AnsweredElsewhere):
         super().__init__()
         self._closed = False
         self._stored_before: dict[int, int] = {}  # this producer's sequences found stored after the checkpoint
-        self._refusal: PublishError | None = None  # set when the stream can never take our batches
-        self._permission_error: str | None = None
+        # Set when no publish can ever succeed: the stream cannot take our batches, the servers refused this
+        # client (credentials, permissions, TLS); ``_refused`` wakes whatever waits on the connection then.
+        self._refusal: PublishError | None = None
+        self._refused = asyncio.Event()
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._ready = threading.Event()
@@ -167,13 +516,31 @@ class NatsSink(AnsweredElsewhere):
     # --- on the event loop --------------------------------------------------------------------------------
 
     async def _publish(self, batch: EncodedBatch) -> PublishAck | PublishError:
-        """One attempt: never raises, and never outlives ``publish_timeout`` (plus a second for the client)."""
+        """One attempt: never raises, and never outlives ``publish_timeout`` (plus a second for the client), nor a
+        refusal of the connection (a permissions violation is answered by no reply, only by an error)."""
         try:
-            return await asyncio.wait_for(self._attempt(batch), self._timeout + 1.0)
+            return await self._unless_refused(self._attempt(batch), self._timeout + 1.0)
         except Exception as error:
-            if self._permission_error is not None:
-                return PublishError("PERMISSION_DENIED", self._permission_error, final=True)
+            if self._refusal is not None:
+                return self._refusal
             return publish_error(error)
+
+    async def _unless_refused(self, awaitable: Awaitable[_T], timeout: float) -> _T:
+        """The awaitable's result within ``timeout`` (TimeoutError), or NatsRefusedError as soon as the connection
+        is refused."""
+        task = asyncio.ensure_future(awaitable)
+        refused = asyncio.ensure_future(self._refused.wait())
+        try:
+            await asyncio.wait({task, refused}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            refused.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        if self._refusal is not None:
+            raise NatsRefusedError(self._refusal)
+        raise TimeoutError
 
     async def _attempt(self, batch: EncodedBatch) -> PublishAck | PublishError:
         if self._refusal is not None:
@@ -205,16 +572,21 @@ class NatsSink(AnsweredElsewhere):
         """Connect (again and again while no server answers), then check the stream and look for stored batches."""
         while not self._closed:
             try:
-                self._nc = await nats.connect(
-                    servers=self._servers,
-                    connect_timeout=max(1, int(self._timeout)),
+                self._nc = await connect(
+                    self._servers,
+                    self._security,
+                    connect_timeout=self._timeout,
                     reconnect_time_wait=_RECONNECT_WAIT_S,
-                    max_reconnect_attempts=-1,
                     disconnected_cb=self._disconnected,
                     reconnected_cb=self._reconnected,
+                    closed_cb=self._closed_by_client,
                     error_cb=self._error,
                     name="rxstreamer",
                 )
+            except NatsRefusedError as refused:  # wrong credentials, a TLS mismatch: no retry mends them
+                self._refuse(refused.error)
+                self._ready.set()
+                return
             except Exception as error:  # no server answered: like a broker that is down, retried
                 self._tell("TRANSIENT_FAILURE")
                 log.debug("nats.connect_failed", servers=self._servers, error=str(error))
@@ -227,9 +599,7 @@ class NatsSink(AnsweredElsewhere):
         try:
             while not self._closed:
                 try:
-                    await self._ensure_stream(js)
-                    if self._resume is not None:
-                        await self._find_stored(js, self._resume)
+                    await self._unless_refused(self._check_stream(js), _FOREVER_S)
                 except Exception as error:
                     if self._refusal is None and publish_error(error).retryable:  # no leader yet, say
                         log.debug("nats.stream_not_ready", stream=self._settings.stream, error=str(error))
@@ -245,6 +615,11 @@ class NatsSink(AnsweredElsewhere):
                 break
         finally:
             self._ready.set()
+
+    async def _check_stream(self, js: JetStreamContext) -> None:
+        await self._ensure_stream(js)
+        if self._resume is not None:
+            await self._find_stored(js, self._resume)
 
     async def _ensure_stream(self, js: JetStreamContext) -> None:
         """Create the stream when it is missing; refuse one whose subjects do not take ours."""
@@ -316,10 +691,26 @@ class NatsSink(AnsweredElsewhere):
         log.debug("nats.reconnected", server=str(self._nc.connected_url) if self._nc is not None else None)
 
     async def _error(self, error: Exception) -> None:
-        text = str(error)
-        if "permissions violation" in text.lower():
-            self._permission_error = f"the NATS server refused: {text.strip()}"
-        log.debug("nats.error", error=text)
+        final = refusal(error, self._servers, self._security)
+        if final is not None:
+            self._refuse(final)
+        log.debug("nats.error", error=str(error))
+
+    async def _closed_by_client(self) -> None:
+        """nats-py closes the connection itself after some errors (an authorization violation while connected):
+        nothing will reconnect it, so no publish can succeed any more."""
+        if self._closed or self._refusal is not None or self._nc is None:  # None: ``connect`` tells why itself
+            return
+        last = self._nc.last_error if self._nc is not None else None
+        final = None if last is None else refusal(last, self._servers, self._security)
+        self._refuse(
+            final or PublishError("UNAVAILABLE", f"the NATS client closed its connection ({last})", final=True)
+        )
+
+    def _refuse(self, error: PublishError) -> None:
+        if self._refusal is None:
+            self._refusal = error
+        self._refused.set()
 
     # --- between the threads ------------------------------------------------------------------------------
 
