@@ -19,7 +19,7 @@ from google.protobuf.message import DecodeError
 
 from rxstreamer.encoding import (
     CONTENT_ENCODING_HEADER,
-    CONTENT_TYPE,
+    METRIC_BATCH_CONTENT_TYPES,
     PayloadEncodingError,
     decode_batch,
     metric_to_dict,
@@ -177,10 +177,11 @@ def _print_until_done(
 
 
 def _print_message(message: mq_pb2.Message, options: TailOptions, out: TextIO, limit: int | None) -> int:
-    if message.headers.get("content-type", CONTENT_TYPE) != CONTENT_TYPE:
+    content_type = message.headers.get("content-type")  # names the version; without it, the payload does
+    if content_type is not None and content_type not in METRIC_BATCH_CONTENT_TYPES:
         return 0  # not telemetry: another producer shares the topic
     try:
-        batch = decode_batch(message.payload, message.headers.get(CONTENT_ENCODING_HEADER, ""))
+        batch = decode_batch(message.payload, message.headers.get(CONTENT_ENCODING_HEADER, ""), content_type)
     except PayloadEncodingError as error:
         raise TailError(f"message at offset {message.offset} cannot be read: {error}") from error
     except DecodeError as error:

@@ -140,7 +140,7 @@ def test_each_encoding_round_trips(encoding: str) -> None:
     header = "" if encoding == "none" else encoding
     assert decode_batch(compressed, header) == decode_batch(payload)
     if encoding != "none":
-        assert len(compressed) < len(payload) / 3  # rows repeat their descriptions: they compress well
+        assert len(compressed) < len(payload) / 2  # values and timestamps repeat: even v2's tables compress well
 
 
 def test_the_digest_names_rows_not_bytes() -> None:
@@ -207,7 +207,7 @@ def test_every_setting_round_trips_through_the_broker() -> None:
     assert digests["none"] == digests["gzip"] == digests["zstd"]
     # The channel's compression: the broker stores plain payloads (equal but for each batch's creation time).
     assert stored_bytes["gzip"] == pytest.approx(stored_bytes["none"], rel=0.01)
-    assert stored_bytes["zstd"] < stored_bytes["none"] / 3
+    assert stored_bytes["zstd"] < stored_bytes["none"] / 2
     assert wire_bytes["gzip"] < wire_bytes["none"] / 2
     assert wire_bytes["zstd"] < wire_bytes["none"] / 2
 

@@ -14,6 +14,7 @@ from rxstreamer import encoding
 from rxstreamer.encoding import (
     CONTENT_TYPE,
     BatchEncoder,
+    WireEncoding,
     decode_batch,
     encode_batch,
     format_rfc3339,
@@ -191,11 +192,13 @@ def test_to_metric_builds_the_first_row_as_written_out_by_hand() -> None:
     assert to_metric(row(-1.5), NOW_STAMP) == made_up(-1.5, NOW_STAMP)
 
 
+@pytest.mark.parametrize("version", ["v1", "v2"])
 @pytest.mark.parametrize("stamp_rows", [False, True])
-def test_the_fast_encoding_gives_every_row_as_its_csv_record_says(stamp_rows: bool) -> None:
-    """All 960 rows of the test data, then zero, negative and huge values: each decodes to its record's fields."""
+def test_the_fast_encoding_gives_every_row_as_its_csv_record_says(stamp_rows: bool, version: WireEncoding) -> None:
+    """All 960 rows of the test data, then zero, negative and huge values: each decodes to its record's fields,
+    whichever wire format version carried them."""
     rows = [*CsvRows(TEST_DATA_CSV), row(0.0), row(-1.5), row(1e300)]
-    encoded = encode_batch(rows, producer_id="p", sequence=42, created_at=NOW, stamp_rows=stamp_rows)
+    encoded = encode_batch(rows, producer_id="p", sequence=42, created_at=NOW, stamp_rows=stamp_rows, encoding=version)
     stamp = NOW_STAMP if stamp_rows else None
     expected = MetricBatch(
         metrics=[
@@ -217,7 +220,7 @@ def test_the_description_cache_stays_correct_when_it_overflows(monkeypatch: pyte
     """A cache smaller than the number of distinct GPUs clears itself and still encodes every row right."""
     monkeypatch.setattr(encoding, "_describe", encoding._Descriptions(limit=7))
     rows = list(CsvRows(TEST_DATA_CSV))[:300]
-    encoded = encode_batch(rows, producer_id="p", sequence=1, created_at=SCRAPE)
+    encoded = encode_batch(rows, producer_id="p", sequence=1, created_at=SCRAPE, encoding="v1")
     expected = MetricBatch(
         metrics=[from_record(record, None) for record in csv_records()[:300]],
         producer_id="p",

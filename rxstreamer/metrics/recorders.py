@@ -17,7 +17,7 @@ from reactivex import Observable, abc
 from reactivex.scheduler.scheduler import Scheduler
 from reactivex.typing import AbsoluteTime, RelativeTime
 
-from rxstreamer.encoding import BatchEncoder, TimestampMode
+from rxstreamer.encoding import BatchEncoder, TimestampMode, WireEncoding
 from rxstreamer.metrics.constants import LATENESS_BUCKETS, PUBLISH_BUCKETS
 from rxstreamer.model import EncodedBatch, MetricRow, Position, PublishAck, ReadCounts
 from rxstreamer.retry import PublishError
@@ -245,12 +245,20 @@ class RowTimesEncoder(BatchEncoder):
     """A ``BatchEncoder`` that also tells ``row_times`` the newest row of each batch it encodes."""
 
     def __init__(
-        self, producer_id: str, *, timestamps: TimestampMode = "original", first_sequence: int = 1, per_gpu_max: int = 0
+        self,
+        producer_id: str,
+        *,
+        timestamps: TimestampMode = "original",
+        first_sequence: int = 1,
+        per_gpu_max: int = 0,
+        encoding: WireEncoding = "v2",
     ) -> None:
         self.row_times = AckedRowTimes(per_gpu_max)
         self._processing = timestamps == "processing"
         self._stamped_at = datetime.now(UTC)
-        super().__init__(producer_id, timestamps=timestamps, first_sequence=first_sequence, clock=self._stamp)
+        super().__init__(
+            producer_id, timestamps=timestamps, first_sequence=first_sequence, clock=self._stamp, encoding=encoding
+        )
 
     def _stamp(self) -> datetime:
         self._stamped_at = datetime.now(UTC)
