@@ -13,7 +13,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from datetime import datetime, timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from reactivex import Observable, abc
 from reactivex import operators as ops
@@ -26,6 +26,7 @@ from rxstreamer.retry import PublishError, RetriesExhaustedError, RetryPolicy
 _T = TypeVar("_T")
 _B = TypeVar("_B")
 _A = TypeVar("_A")
+_B_contra = TypeVar("_B_contra", contravariant=True)
 
 Operator = Callable[[Observable[Any]], Observable[Any]]
 
@@ -114,15 +115,114 @@ def pace(
         then(c):        c|
         result:  a----b-c|
     """
+    return _paced(items, lambda: _EveryInterval(interval), then, read_ahead=read_ahead, scheduler=scheduler)
+
+
+def pace_by_offsets(
+    items: Iterable[_B],
+    offset_of: Callable[[_B], float | None],
+    then: Callable[[_B], Observable[_A]],
+    *,
+    read_ahead: int = 0,
+    scheduler: abc.SchedulerBase | None = None,
+    on_behind: Callable[[float], None] | None = None,
+) -> Observable[_A]:
+    """As ``pace``, but each item is due ``offset_of(item)`` seconds after subscription (``None``: at once).
+
+    This is how a recording is replayed at its own cadence (``rxstreamer.cadence.Timeline`` gives the offsets).
+    The next item is read as soon as ``then`` completes, to learn when it is due: one item ahead, no more.
+    Deadlines are absolute (start + offset), so replay does not drift. When an item is late by more than its
+    gap to the previous item (the queue stalled), the schedule moves to that moment, keeping the recording's
+    rhythm rather than bursting through it. ``offset_of`` is called once per item, in order; when it keeps state
+    (a ``Timeline`` does), make one per subscription (``reactivex.defer``). ``on_behind`` is told by how many
+    seconds the schedule moved each time it did.
+
+    Marble, offsets a=0, b=1, c=1, d=4 (units), ``then`` instant::
+
+        items:  a b c d|
+        result: a-(bc)--d|
+    """
+    return _paced(items, lambda: _AtOffsets(offset_of, on_behind), then, read_ahead=read_ahead, scheduler=scheduler)
+
+
+def _paced(
+    items: Iterable[_B],
+    new_cadence: Callable[[], _Cadence[_B]],
+    then: Callable[[_B], Observable[_A]],
+    *,
+    read_ahead: int,
+    scheduler: abc.SchedulerBase | None,
+) -> Observable[_A]:
     if read_ahead < 0:
         raise ValueError(f"read_ahead must be >= 0, got {read_ahead}")
 
     def subscribe(observer: abc.ObserverBase[_A], scheduler_: abc.SchedulerBase | None = None) -> abc.DisposableBase:
         clock = scheduler or scheduler_ or TimeoutScheduler.singleton()
-        pacer = _Pacer(iter(items), interval, then, observer, scheduler=clock, read_ahead=read_ahead)
+        pacer = _Pacer(iter(items), new_cadence(), then, observer, scheduler=clock, read_ahead=read_ahead)
         return pacer.start()
 
     return Observable(subscribe)
+
+
+class _Cadence(Protocol[_B_contra]):
+    """When the next item is due; kept by one subscription (``start`` resets it)."""
+
+    needs_item: bool  # the due time depends on the item, which must be read first
+
+    def start(self, now: datetime) -> None: ...
+
+    def due(self, item: _B_contra | None, handed_over: int, now: datetime) -> datetime: ...
+
+
+class _EveryInterval(Generic[_B]):
+    """Item k is due at start + k·interval; after a stall of more than an interval, the start moves up."""
+
+    needs_item = False
+
+    def __init__(self, interval: float) -> None:
+        self._period = timedelta(seconds=interval)
+        self._anchor = datetime.min
+
+    def start(self, now: datetime) -> None:
+        self._anchor = now
+
+    def due(self, item: _B | None, handed_over: int, now: datetime) -> datetime:
+        due = self._anchor + self._period * handed_over
+        if now - due > self._period:
+            self._anchor = now - self._period * handed_over
+            due = now
+        return due
+
+
+class _AtOffsets(Generic[_B]):
+    """Each item at start + its own offset; after a stall of more than the item's gap, the start moves up."""
+
+    needs_item = True
+
+    def __init__(self, offset_of: Callable[[_B], float | None], on_behind: Callable[[float], None] | None) -> None:
+        self._offset_of = offset_of
+        self._on_behind = on_behind
+        self._anchor = datetime.min
+        self._previous: timedelta | None = None
+
+    def start(self, now: datetime) -> None:
+        self._anchor = now
+        self._previous = None
+
+    def due(self, item: _B | None, handed_over: int, now: datetime) -> datetime:
+        seconds = self._offset_of(item)  # type: ignore[arg-type]  # needs_item: never None here
+        if seconds is None:
+            return now
+        offset = timedelta(seconds=seconds)
+        gap = offset - self._previous if self._previous is not None else timedelta(0)
+        self._previous = offset
+        due = self._anchor + offset
+        if gap > timedelta(0) and now - due > gap:
+            self._anchor = now - offset
+            if self._on_behind is not None:
+                self._on_behind((now - due).total_seconds())
+            due = now
+        return due
 
 
 class _Pacer(Generic[_B, _A]):
@@ -131,7 +231,7 @@ class _Pacer(Generic[_B, _A]):
     def __init__(
         self,
         source: Iterator[_B],
-        interval: float,
+        cadence: _Cadence[_B],
         then: Callable[[_B], Observable[_A]],
         observer: abc.ObserverBase[_A],
         *,
@@ -139,7 +239,7 @@ class _Pacer(Generic[_B, _A]):
         read_ahead: int,
     ) -> None:
         self._source = source
-        self._period = timedelta(seconds=interval)
+        self._cadence = cadence
         self._then = then
         self._observer = observer
         self._scheduler = scheduler
@@ -147,7 +247,6 @@ class _Pacer(Generic[_B, _A]):
         self._ready: deque[_B] = deque()  # read ahead, not yet handed to ``then``
         self._exhausted = False
         self._read_error: Exception | None = None
-        self._anchor: datetime = scheduler.now
         self._handed_over = 0
         self._stopped = False
         self._next_tick = SerialDisposable()
@@ -157,7 +256,9 @@ class _Pacer(Generic[_B, _A]):
         self._lock = threading.RLock()
 
     def start(self) -> abc.DisposableBase:
-        self._next_tick.disposable = self._scheduler.schedule(self._tick)
+        self._cadence.start(self._scheduler.now)
+        first = self._read_then_schedule if self._cadence.needs_item else self._tick
+        self._next_tick.disposable = self._scheduler.schedule(first)
         return CompositeDisposable(self._next_tick, self._current, Disposable(self._dispose))
 
     def _tick(self, _: abc.SchedulerBase, __: Any = None) -> None:
@@ -221,12 +322,22 @@ class _Pacer(Generic[_B, _A]):
         if not self._ready and (self._exhausted or self._read_error is not None):
             self._finish()  # known already: no need to wait for another tick
             return
-        now = self._scheduler.now
-        due = self._anchor + self._period * self._handed_over
-        if now - due > self._period:
-            self._anchor = now - self._period * self._handed_over
-            due = now
+        if self._cadence.needs_item and not self._ready:  # when it is due depends on what it is: read it first
+            self._next_tick.disposable = self._scheduler.schedule(self._read_then_schedule)
+            return
+        item = self._ready[0] if self._ready else None
+        due = self._cadence.due(item, self._handed_over, self._scheduler.now)
         self._next_tick.disposable = self._scheduler.schedule_absolute(due, self._tick)
+
+    def _read_then_schedule(self, _: abc.SchedulerBase, __: Any = None) -> None:
+        """Read the next item on the scheduler's thread (not the publish's), then schedule its tick."""
+        with self._lock:
+            try:
+                if not self._stopped:
+                    self._read_one()
+                self._schedule_next_tick()
+            except Exception as error:
+                self._fail(error)
 
     def _fail(self, error: Exception) -> None:
         self._stopped = True

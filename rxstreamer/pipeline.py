@@ -1,8 +1,10 @@
 """The streamer's pipeline, composed in one place.
 
-    rows ─▶ your transforms ─▶ buffer_with_count(n) ─▶ pace(interval) ─▶ encode ─▶ publish with retry
+    rows ─▶ your transforms ─▶ batch(n) ─▶ pace(interval) ─▶ encode ─▶ publish with retry
 
-Everything left of ``pace`` is pulled, one batch per tick; everything right of it runs once per batch.
+Everything left of ``pace`` is pulled, one batch per tick; everything right of it runs once per batch. To
+replay a recording at its own cadence, ``batch`` also cuts at each new timestamp and ``pace_by_offsets``
+releases each batch at its timestamp's offset from the first, divided by the speed (``rxstreamer.cadence``).
 """
 
 from __future__ import annotations
@@ -11,13 +13,16 @@ import importlib
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, cast
 
+import reactivex
 from reactivex import Observable, abc
 from reactivex import operators as ops
 
+from rxstreamer.batching import batcher
+from rxstreamer.cadence import Timeline
 from rxstreamer.counts import PipelineCounters
 from rxstreamer.encoding import BatchEncoder
 from rxstreamer.model import EncodedBatch, MetricRow, Position, PublishAck, ReadCounts
-from rxstreamer.operators import Operator, pace, pull_through, retrying
+from rxstreamer.operators import Operator, pace, pace_by_offsets, pull_through, retrying
 from rxstreamer.retry import RetryPolicy
 from rxstreamer.sinks import Publisher
 from rxstreamer.sources.base import Counted, Positioned
@@ -51,6 +56,8 @@ def build_pipeline(
     on_retry: RetryListener | None = None,
     on_ack: Callable[[PublishAck], None] | None = None,
     counters: PipelineCounters | None = None,
+    speed: float | None = None,
+    by_scrape: bool = False,
 ) -> Observable[PublishAck]:
     """The whole streamer as one cold observable of acknowledgements; subscribing starts it.
 
@@ -59,8 +66,14 @@ def build_pipeline(
     ``on_ack`` runs inside the stream for each acknowledgement (a checkpoint, say): if it raises, the
     stream ends with that error rather than going on without it. So does any other exception raised
     inside the pipeline (a transform, the encoder, a listener): it reaches the subscriber's ``on_error``.
+
+    With a ``speed``, batches follow the rows' own timestamps (each batch holds one) at that many times the
+    recorded pace, instead of one per ``interval``; ``interval`` is then the time between passes of a looped
+    file that holds a single timestamp. ``by_scrape`` makes each batch one timestamp of one host.
     """
-    batches = with_positions(pull_through(rows, *transforms, ops.buffer_with_count(batch_size)), rows, counters)
+    counters = counters or PipelineCounters()
+    batching = batcher(batch_size, by_scrape=by_scrape, by_timestamp=speed is not None)
+    batches = with_positions(pull_through(rows, *transforms, batching), rows, counters)
     publish = retrying(publisher.publish, retry, scheduler=scheduler, on_retry=on_retry)
     after_ack = ops.map(_calling(on_ack)) if on_ack is not None else None
 
@@ -68,7 +81,39 @@ def build_pipeline(
         acks = publish(encoded(encoder, batch))
         return acks.pipe(after_ack) if after_ack is not None else acks
 
-    return pace(batches, interval, encode_and_publish, read_ahead=read_ahead, scheduler=scheduler)
+    if speed is None:
+        return pace(batches, interval, encode_and_publish, read_ahead=read_ahead, scheduler=scheduler)
+    return reactivex.defer(
+        lambda _: pace_by_offsets(
+            batches,
+            _offsets(Timeline(speed, single_group_period=interval or 1.0), counters),
+            encode_and_publish,
+            read_ahead=read_ahead,
+            scheduler=scheduler,
+            on_behind=_adding_to(counters),
+        )
+    )
+
+
+def _adding_to(counters: PipelineCounters) -> Callable[[float], None]:
+    def add(seconds: float) -> None:
+        counters.behind_schedule_s += seconds
+
+    return add
+
+
+def _offsets(timeline: Timeline, counters: PipelineCounters) -> Callable[[Batch], float | None]:
+    """A batch's offset on the timeline, by its first row (a batch holds one timestamp when paced by them)."""
+
+    def offset_of(batch: Batch) -> float | None:
+        first = batch.rows[0]
+        if not isinstance(first, MetricRow):
+            raise EncodingError(f"cannot pace by timestamps: a transform emitted {type(first).__name__}, not MetricRow")
+        offset = timeline.offset(first.timestamp, first.line, len(batch.rows))
+        counters.rows_out_of_order = timeline.rows_out_of_order
+        return offset
+
+    return offset_of
 
 
 def encoded(encoder: BatchEncoder, batch: Batch) -> EncodedBatch:

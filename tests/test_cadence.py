@@ -139,16 +139,24 @@ def test_after_a_stall_longer_than_the_gap_the_rhythm_resumes_from_then_without_
     scheduler = TestScheduler()
     items = Recorded([0, 10, 20, 30], scheduler)
     publish = taking([0, 35, 0, 0], scheduler)
-    results = scheduler.start(lambda: pace_by_offsets(items, items.offsets.__getitem__, publish, scheduler=scheduler))
+    behind: list[float] = []
+    results = scheduler.start(
+        lambda: pace_by_offsets(items, items.offsets.__getitem__, publish, scheduler=scheduler, on_behind=behind.append)
+    )
     assert [message.time for message in results.messages] == [200, 245, 245, 255, 255]
+    assert behind == [25.0]
 
 
 def test_a_little_lateness_is_absorbed_and_the_schedule_kept() -> None:
     scheduler = TestScheduler()
     items = Recorded([0, 10, 20], scheduler)
     publish = taking([0, 15, 0], scheduler)
-    results = scheduler.start(lambda: pace_by_offsets(items, items.offsets.__getitem__, publish, scheduler=scheduler))
+    behind: list[float] = []
+    results = scheduler.start(
+        lambda: pace_by_offsets(items, items.offsets.__getitem__, publish, scheduler=scheduler, on_behind=behind.append)
+    )
     assert [message.time for message in results.messages] == [200, 225, 225, 225]
+    assert behind == []
 
 
 def test_an_item_without_an_offset_goes_at_once() -> None:
@@ -244,3 +252,20 @@ def test_rows_out_of_time_order_are_sent_at_once_and_counted() -> None:
     acks, _, counters = replay(rows, scheduler, speed=1, batch_size=10)
     assert [(round(time - 200, 2), ack.rows) for time, ack in acks] == [(0.01, 1), (5.01, 1), (5.02, 2), (6.01, 1)]
     assert counters.rows_out_of_order == 2
+
+
+def test_a_queue_too_slow_for_the_recording_is_reported_as_time_behind_schedule() -> None:
+    """Publishes of 2.5 s against groups 1 s apart: each later group finds itself 1.5 s late, and says so."""
+    scheduler = TestScheduler()
+    sink = InMemorySink(latency=2.5, scheduler=scheduler)
+    counters = PipelineCounters()
+    rows = [row(seconds, line) for line, seconds in enumerate(range(4), start=2)]
+    scheduler.start(
+        lambda: build_pipeline(
+            rows, sink, BatchEncoder("slow"), batch_size=10, interval=0, retry=RetryPolicy(),
+            scheduler=scheduler, counters=counters, speed=1,
+        ),
+        disposed=100_000,
+    )  # fmt: skip
+    assert len(sink.batches) == 4
+    assert counters.behind_schedule_s == pytest.approx(1.5 * 3)
