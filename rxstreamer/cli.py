@@ -51,6 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args_list or args_list[0] not in (*COMMANDS, "-h", "--help", "--version"):
         args_list.insert(0, "run")  # `rxstreamer --batch-size 5` means `rxstreamer run --batch-size 5`
     args = _parser().parse_args(args_list)
+    args.argv = args_list[1:]  # the command's own arguments, as given: what `run --workers N` gives each worker
     _ErrorFormat.guess(args)
     if args.command not in LONG_RUNNING and getattr(args, "serve", None) is None:
         stopped = watch.release()  # short commands keep Python's own handling of Ctrl-C and SIGTERM
@@ -122,6 +123,10 @@ def _run(args: argparse.Namespace) -> int:
     _configure_logging(settings)
     watch = install_process_watch()
     watch.event_prefix = "streamer"
+    if settings.telemetry.workers > 1:  # N shard processes under this one (rxstreamer/supervisor.py)
+        from rxstreamer.supervisor import run_workers
+
+        return run_workers(settings, getattr(args, "argv", []), stop=watch.stop, stop_signal=lambda: watch.stop_signal)
     try:
         summary = run_streamer(settings, stop=watch.stop, stop_signal=lambda: watch.stop_signal)
     except (SourceError, TransformError, CheckpointError) as error:

@@ -182,16 +182,22 @@ def expand(value: str, env: dict[str, str]) -> str:
     return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda match: env.get(match.group(1), match.group(0)), value)
 
 
+NAME_FIELD = "metadata.name"
+# The label the StatefulSet controller puts on each pod (Kubernetes 1.28 and newer): its ordinal.
+POD_INDEX_FIELD = "metadata.labels['apps.kubernetes.io/pod-index']"
+
+
 def container_env(objects: list[dict[str, Any]], spec: dict[str, Any], pod: str) -> dict[str, str]:
-    """The image's variables, then envFrom's ConfigMaps, then env (downward API: the pod's name), as the kubelet
-    builds them."""
+    """The image's variables, then envFrom's ConfigMaps, then env (downward API: the pod's name, or its ordinal), as
+    the kubelet builds them."""
     env = dict(image_environment())
     for source in spec.get("envFrom", []):
         env.update(named(objects, "ConfigMap", source["configMapRef"]["name"])["data"])
     for variable in spec.get("env", []):
         if "valueFrom" in variable:
-            assert variable["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}, variable
-            env[variable["name"]] = pod
+            field_path = variable["valueFrom"]["fieldRef"]["fieldPath"]
+            assert field_path in (NAME_FIELD, POD_INDEX_FIELD), variable
+            env[variable["name"]] = pod if field_path == NAME_FIELD else pod.rpartition("-")[2]
         else:
             env[variable["name"]] = expand(variable["value"], env)
     return env
@@ -199,13 +205,18 @@ def container_env(objects: list[dict[str, Any]], spec: dict[str, Any], pod: str)
 
 def flag_overrides(args: list[str]) -> dict[str, object]:
     """The setting flags of `rxstreamer COMMAND --flag value ...`, by setting name."""
-    command, rest = args[0], args[1:]
+    command, rest = args[0], list(args[1:])
     flags = {decl.flag: name for name, decl in DECLARATIONS.items() if decl.flag and command in decl.commands}
-    assert len(rest) % 2 == 0, f"flags come in pairs here: {args}"
     overrides: dict[str, object] = {}
-    for flag, value in zip(rest[::2], rest[1::2], strict=True):
+    while rest:
+        flag = rest.pop(0)
+        switch = flag.replace("--no-", "--", 1)  # a boolean setting's flag takes no value: --loop / --no-loop
+        if switch in flags and isinstance(DECLARATIONS[flags[switch]].default, bool):
+            overrides[flags[switch]] = flag == switch
+            continue
         assert flag in flags, f"{flag} is no setting flag of `rxstreamer {command}`"
-        overrides[flags[flag]] = value
+        assert rest, f"{flag} has no value: {args}"
+        overrides[flags[flag]] = rest.pop(0)
     return overrides
 
 
@@ -276,8 +287,8 @@ def memory_bytes(quantity: str) -> int:
 # --- the overlays -------------------------------------------------------------------------------------------------
 
 
-def test_there_are_the_three_overlays() -> None:
-    assert OVERLAYS == ["nats", "reference", "sharded"]
+def test_there_are_the_four_overlays() -> None:
+    assert OVERLAYS == ["nats", "reference", "replay", "sharded"]
 
 
 def test_every_overlay_passes_kubernetes_validate_strictly(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -302,6 +313,7 @@ def test_each_overlay_has_the_workloads_it_describes(rendered: dict[str, list[di
     assert kinds == {
         "nats": ["Deployment/rxstreamer"],
         "reference": ["Deployment/rxstreamer", "StatefulSet/rxstreamer-mq"],
+        "replay": ["StatefulSet/rxstreamer-mq", "StatefulSet/rxstreamer-replay"],
         "sharded": ["StatefulSet/rxstreamer-mq", "StatefulSet/rxstreamer-sharded"],
     }
 
@@ -437,6 +449,32 @@ def test_each_shard_is_its_own_producer_with_its_own_inputs(loaded: dict[str, li
         seen.update(targets)
         assert shard.settings.telemetry.start_over is True
         claims = [claim["metadata"]["name"] for claim in shard.workload["spec"]["volumeClaimTemplates"]]
+        assert claims == ["state"]
+
+
+def test_each_replay_pod_sends_the_shard_of_its_ordinal(
+    rendered: dict[str, list[dict[str, Any]]], loaded: dict[str, list[Container]]
+) -> None:
+    """The replay StatefulSet: pod i is shard i of N, N being its replicas, so the pods send the recording once between
+    them; each is one process (no --workers: its own endpoint and limit), loops the recording mounted from its
+    ConfigMap at the recording's own pace, stamped with the time of sending, and keeps its checkpoint on a claim."""
+    pods = [item for item in loaded["replay"] if item.workload["metadata"]["name"] == "rxstreamer-replay"]
+    replicas = pods[0].workload["spec"]["replicas"]
+    assert [pod.pod for pod in pods] == [f"rxstreamer-replay-{ordinal}" for ordinal in range(replicas)]
+    for ordinal, pod in enumerate(pods):
+        telemetry = pod.settings.telemetry
+        assert telemetry.shard == f"{ordinal}/{replicas}", pod.pod
+        assert telemetry.workers == 1
+        assert (telemetry.pace, telemetry.loop, telemetry.timestamps) == ("original", True, "processing")
+        recording = telemetry.metrics_path
+        assert isinstance(recording, Path)
+        volumes = {volume["name"]: volume for volume in pod.pod_spec["volumes"]}
+        mount = next(m for m in pod.spec["volumeMounts"] if recording.is_relative_to(m["mountPath"]))
+        config_map = named(rendered["replay"], "ConfigMap", volumes[mount["name"]]["configMap"]["name"])
+        text = config_map["data"][str(recording.relative_to(mount["mountPath"]))]
+        assert text.startswith("timestamp,metric_name,"), text[:80]
+        assert len(text.encode()) < 256 << 10  # `kubectl apply` keeps a copy in an annotation of at most 256 KiB
+        claims = [claim["metadata"]["name"] for claim in pod.workload["spec"]["volumeClaimTemplates"]]
         assert claims == ["state"]
 
 

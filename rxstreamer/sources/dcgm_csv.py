@@ -19,8 +19,10 @@ cost the rest.
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Callable, Generator
 from contextlib import closing
+from functools import lru_cache
 from pathlib import Path
 
 import reactivex
@@ -93,6 +95,35 @@ def _spanning_record(
     return parsed, following
 
 
+def leading_field(text: str, index: int) -> str | None:
+    """Field ``index`` of a one-line record, read without the csv module, or None when that is not safe.
+
+    Safe when the line's quotes are balanced (no field goes on to the next line), it holds no carriage return
+    but a final one (which csv refuses outside quotes: that record is rejected by one shard), and each field up to and
+    including that one is quoted without a quote inside (a comma inside is fine) or unquoted without quote or
+    comma, and is followed by a comma: then it is exactly what csv.reader gives. The real DCGM export quotes
+    every field and has the uuid fifth, well before ``labels_raw`` and its doubled quotes. A third of the cost
+    of splitting the line, which is what lets a shard pass over the records of the others cheaply.
+    """
+    if text.count('"') % 2:  # a quoted field goes on to the next line
+        return None
+    end = len(text) - 1
+    carriage_return, newline = text.find("\r"), text.find("\n")
+    if (carriage_return >= 0 and not (carriage_return == end - 1 and newline == end)) or 0 <= newline < end:
+        return None  # csv refuses line breaks outside quotes, and only the shard of text problems reports that
+    match = _field_pattern(index).match(text)
+    if match is None:
+        return None
+    quoted = match.group(1)
+    return quoted if quoted is not None else match.group(2)
+
+
+@lru_cache(maxsize=16)
+def _field_pattern(index: int) -> re.Pattern[str]:
+    skipped = r'(?:"[^"\r\n]*"|[^",\r\n]*),' * index
+    return re.compile(skipped + r'(?:"([^"\r\n]*)"|([^",\r\n]*)),')
+
+
 class CsvRows(LineSource):
     """The rows of one DCGM CSV file, read lazily and afresh on every iteration: a ``Source``.
 
@@ -128,13 +159,20 @@ class CsvRows(LineSource):
         reject = at.reject
         with closing(at.passes()) as passes:
             for lines in passes:
-                parse = self._parser(lines).parse
+                parser = self._parser(lines)
+                parse, width, uuid_at = parser.parse, parser.width, parser.uuid_index
+                keep_uuid, skipped, reports = self._keep_uuid, self._skipped, self._reports
                 # One reader for the whole pass, fed one line at a time: csv.reader resets its state on every
                 # next(), and a line that leaves a quoted field open makes it ask for more, which pop()
                 # answers with IndexError: the signal to read the record's further lines on the slow path.
                 pending: list[str] = []
                 reader = csv.reader(iter(pending.pop, None))
                 for text in lines:
+                    if keep_uuid is not None:  # sharding: another shard's record is skipped unsplit, if it can be
+                        uuid = leading_field(text, uuid_at)
+                        if uuid is not None and not keep_uuid(uuid):
+                            skipped()
+                            continue
                     pending.append(text)
                     try:
                         fields = next(reader)
@@ -152,8 +190,15 @@ class CsvRows(LineSource):
                     except csv.Error as error:
                         reject(Rejection(at.line, CSV_ERROR, str(error), raw_text(text)))
                         continue
+                    uuid = fields[uuid_at] if len(fields) == width else leading_field(text, uuid_at)
+                    if keep_uuid is not None and uuid is not None and not keep_uuid(uuid):
+                        skipped()  # another shard's GPU: that shard parses it (and rejects it, if it must)
+                        continue
                     parsed = parse(fields, at.line)
                     if isinstance(parsed, Rejection):
+                        if keep_uuid is not None and not reports(uuid):
+                            skipped()  # another shard reports this bad record
+                            continue
                         reject(Rejection(parsed.line, parsed.reason, parsed.detail, raw_text(text)))
                     else:
                         yield parsed

@@ -44,7 +44,7 @@ from typing import BinaryIO
 import structlog
 
 from rxstreamer.model import Position, Rejection
-from rxstreamer.parsing import FIELD_TOO_LARGE, NOT_UTF8, NUL_BYTE, SENTINEL_MODES, SentinelMode
+from rxstreamer.parsing import FIELD_TOO_LARGE, NOT_UTF8, NUL_BYTE, SENTINEL_MODES, TEXT_REASONS, SentinelMode
 from rxstreamer.sources.base import (
     DEFAULT_MAX_FIELD_SIZE,
     RejectHandler,
@@ -235,6 +235,7 @@ class LineReader:
         self.start = start
         self.limit = max_line_size
         self.on_reject = on_reject
+        self.skip_text_rejection: Callable[[], None] | None = None  # see reject()
         self.stats = SourceStats()
         # The position as three plain attributes, set on the hot path; ``position`` builds the object.
         begin = start or Position(0, 0, 0)
@@ -276,7 +277,14 @@ class LineReader:
             lines.go_to_start()
 
     def reject(self, rejection: Rejection) -> None:
-        """Count a record that did not become a row, and tell ``on_reject``."""
+        """Count a record that did not become a row, and tell ``on_reject``.
+
+        Unless another shard reports records whose text is unusable (see ``LineSource.skip_uuids``): then
+        such a record is counted as skipped instead.
+        """
+        if self.skip_text_rejection is not None and rejection.reason in TEXT_REASONS:
+            self.skip_text_rejection()
+            return
         stats = self.stats
         stats.rows_rejected += 1
         by_reason = stats.rejected_by_reason
@@ -472,10 +480,29 @@ class LineSource:
         self.max_field_size = max_field_size
         self.sentinels: SentinelMode = sentinels
         self._lines = LineReader(self.path, loop=loop, start=start, max_line_size=max_field_size, on_reject=on_reject)
+        self._keep_uuid: Callable[[str], bool] | None = None
+        self._skipped: Callable[[], None] = _nothing
+        self._reports: Callable[[str | None], bool] = _always
         self._prepare()
 
     def _prepare(self) -> None:
         """What a format sets up once its options are checked (a parser, say); nothing by default."""
+
+    def skip_uuids(
+        self, keep_uuid: Callable[[str], bool], skipped: Callable[[], None], reports: Callable[[str | None], bool]
+    ) -> None:
+        """Let the format drop a record whose uuid ``keep_uuid`` refuses before parsing it, telling ``skipped``.
+
+        For sharding: N instances each read the whole input and keep their own GPUs, and a record that is
+        another instance's costs only its reading then, not its parsing. A bad record is rejected only where
+        ``reports`` says so for its uuid (None: its fields, or its text, could not be told apart), and skipped
+        elsewhere, so that N instances report it once between them. A format may ignore all this (the shard operator
+        downstream still keeps only this instance's rows); the CSV source uses it.
+        """
+        self._keep_uuid = keep_uuid
+        self._skipped = skipped
+        self._reports = reports
+        self._lines.skip_text_rejection = None if reports(None) else skipped
 
     @property
     def stats(self) -> SourceStats:
@@ -490,3 +517,11 @@ class LineSource:
         source of the same format started there (``start=rows.position``) carries on with the next row.
         """
         return self._lines.position
+
+
+def _nothing() -> None:
+    """No one to tell."""
+
+
+def _always(_: str | None) -> bool:
+    return True
