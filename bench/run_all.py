@@ -2,15 +2,17 @@
 
 Runs, one after the other and with their defaults: throughput (bench/throughput.py), memory and start
 (bench/memory_and_start.py), pacing (bench/pacing.py), idle cost (bench/idle.py), exposition parsing
-(bench/exposition_parsing.py), live scraping at cluster scale (bench/scraping.py, about 1 minute of the
-total) and NATS JetStream against the reference broker (bench/nats_throughput.py, about 4 minutes; it needs
-``nats-server`` from `make tools` and the ``nats`` extra, and reports itself skipped without them). Each prints
-its progress on stderr and its detailed tables as it finishes; at the end comes one combined table, which is
-also written, with the machine and the detailed tables, to bench/out/results.md. About 10 minutes on
-2 cores; ``--quick`` runs smaller sizes and one round each (under a minute), as a smoke test.
+(bench/exposition_parsing.py), wire format v1 against v2 (bench/wire_size.py, bytes and µs per row, about
+20 s), live scraping at cluster scale (bench/scraping.py, about 1 minute of the total), several cores
+(bench/workers.py: ``--workers 2`` against 1, about 1.5 minutes) and NATS JetStream against the reference
+broker (bench/nats_throughput.py, about 4 minutes; it needs ``nats-server`` from `make tools` and the ``nats``
+extra, and reports itself skipped without them). Each prints its progress on stderr and its detailed tables as
+it finishes; at the end comes one combined table, which is also written, with the machine and the detailed
+tables, to bench/out/results.md. About 12 minutes on 2 cores; ``--quick`` runs smaller sizes and one round
+each (under a minute), as a smoke test.
 
-    .venv/bin/python bench/run_all.py [--quick] [--only throughput,memory,pacing,idle,exposition,scraping,nats]
-        [--output FILE]
+    .venv/bin/python bench/run_all.py [--quick] [--output FILE]
+        [--only throughput,memory,pacing,idle,exposition,wire,scraping,workers,nats]
 
 Every figure is printed, none is asserted. See docs/benchmarks.md for what each figure means.
 """
@@ -25,6 +27,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import batching
+import cadence
 import exposition_parsing
 import idle
 import memory_and_start
@@ -32,6 +36,8 @@ import nats_throughput
 import pacing
 import scraping
 import throughput
+import wire_size
+import workers
 from _common import OUT, Report, figures_table, machine_description, source_revision
 
 BENCHMARKS: dict[str, tuple[Callable[[], Report], Callable[[], Report]]] = {
@@ -56,9 +62,25 @@ BENCHMARKS: dict[str, tuple[Callable[[], Report], Callable[[], Report]]] = {
         lambda: exposition_parsing.run(hosts=64, gpus=8, rounds=5),
         lambda: exposition_parsing.run(hosts=8, gpus=8, rounds=1),
     ),
+    "wire": (  # about 20 s
+        lambda: wire_size.run(batch_sizes=(10, 100, 1000), rounds=7),
+        lambda: wire_size.run(batch_sizes=(10, 100, 1000), rounds=1),
+    ),
     "scraping": (  # about 1 minute: 10 s intervals are waited out
         lambda: scraping.run(exporters=200, gpus=8, interval=10, rounds=3, capacity_rounds=5),
         lambda: scraping.run(exporters=20, gpus=8, interval=2, rounds=1, capacity_rounds=1),
+    ),
+    "workers": (  # about 1.5 minutes: --workers 2 against --workers 1, 300,000 rows
+        lambda: workers.run(rows=300_000, rounds=3),
+        lambda: workers.run(rows=20_000, rounds=1, pinned=False),
+    ),
+    "cadence": (  # about 1.5 minutes: a looped replay of the real export at its own pace for 1 minute
+        lambda: cadence.run(drift_minutes=1.0),
+        lambda: cadence.run(drift_minutes=0),
+    ),
+    "batching": (
+        lambda: batching.run(count=200_000, rounds=5),
+        lambda: batching.run(count=20_000, rounds=1),
     ),
     "nats": (  # about 4 minutes; 10 s with --quick
         lambda: nats_throughput.run(rows=200_000, batch_sizes=(100, 1000), rounds=3, windows=(4, 16, 64)),

@@ -42,10 +42,12 @@ from rxstreamer.progress_line import start_progress_line
 from rxstreamer.quarantine import Quarantine, RejectionReporter
 from rxstreamer.queue_status import QueueStatus
 from rxstreamer.retry import RetryPolicy
+from rxstreamer.scaling import ScalingCounters, amplify, parse_shard, shard, skipping_other_shards
 from rxstreamer.sinks import Sink, SinkAddressError, SinkOptions, open_sink, split_address
 from rxstreamer.sinks.base import ResumePoint
 from rxstreamer.sources import Source, format_of, open_source
 from rxstreamer.sources.base import Live
+from rxstreamer.sources.lines import LineSource
 
 if TYPE_CHECKING:
     from rxstreamer.metrics import Endpoint, StreamerInstruments
@@ -75,6 +77,14 @@ class RunSummary:
     rejected_by_reason: dict[str, int]
     duration_s: float
     error: str | None = None
+    # With telemetry.amplify or telemetry.shard (logged only then), and the accounting reads
+    # rows_read + rows_copied = rows_published + rows_rejected + rows_filtered + rows_in_other_shards + rows_in_flight.
+    rows_copied: int = 0
+    rows_in_other_shards: int = 0
+    # With telemetry.pace = "original" (logged only then): rows sent at once for being out of time order, and
+    # the seconds the replay fell behind the recording's schedule (the queue or this process too slow for it).
+    rows_out_of_order: int = 0
+    behind_schedule_s: float = 0.0
 
     @property
     def exit_code(self) -> int:
@@ -174,7 +184,9 @@ def _each(*listeners: Callable[[PublishAck], None] | None) -> Callable[[PublishA
     return tell_each
 
 
-def derive_producer_id(instance: str, metrics_path: Path, file: FileIdentity, batch_size: int) -> str:
+def derive_producer_id(
+    instance: str, metrics_path: Path, file: FileIdentity, batch_size: int, *, amplify: int = 1, shard: str = ""
+) -> str:
     """A producer id that stays the same across restarts of the same stream, and only of the same stream.
 
     The queue deduplicates by (producer id, sequence), and a sequence names the same rows only for the same
@@ -184,8 +196,22 @@ def derive_producer_id(instance: str, metrics_path: Path, file: FileIdentity, ba
     batches keep their identity), and that must hold for a small file too, whose first 64 KiB grow with it.
     The first record of a DCGM export carries its first timestamp, GPU UUID and host, which is what tells
     two exports apart. (A file with no complete data line yet gets another id once it has one.)
+
+    ``amplify`` and ``shard`` change what the batches hold, so they are part of it too, when not the default
+    (``:x3``, ``:shard0of3``): each shard is a producer of its own, with a checkpoint of its own.
     """
-    return f"{instance or socket.gethostname()}:{metrics_path.name}:{file.head[:12]}:b{batch_size}"
+    base = f"{instance or socket.gethostname()}:{metrics_path.name}:{file.head[:12]}:b{batch_size}"
+    return _scaled_id(base, amplify, shard)
+
+
+def _scaled_id(producer_id: str, amplify: int, shard: str) -> str:
+    return producer_id + (f":x{amplify}" if amplify != 1 else "") + _shard_suffix(shard)
+
+
+def _shard_suffix(shard: str) -> str:
+    """Appended to any producer id, an explicit one too: N shards under one id would clash at the queue."""
+    parsed = parse_shard(shard)
+    return f":shard{parsed[0]}of{parsed[1]}" if parsed is not None else ""
 
 
 class _ProgressRate:
@@ -215,6 +241,8 @@ class _Plan:
     quarantine: Quarantine | None
     resume: ResumePoint | None  # the checkpoint resumed from, for a sink that looks for batches stored after it
     progress_rate: _ProgressRate = field(default_factory=_ProgressRate)  # for streamer.progress
+    scaling: ScalingCounters | None = None  # with telemetry.amplify or telemetry.shard: what they added and left
+    replaying: bool = False  # telemetry.pace = "original": the replay's own counts are reported
 
 
 @dataclass(frozen=True)
@@ -233,6 +261,7 @@ def _plan(settings: Settings, transforms: Sequence[Operator]) -> _Plan:
     Raises on any problem, before anything is sent.
     """
     telemetry = settings.telemetry
+    scaling, scaling_operators = _scaling(settings)
     source = telemetry.metrics_path
     read = _scraped_input(settings, source) if isinstance(source, tuple) else _file_input(settings, source)
     resume = _resume_plan(settings, read.checkpointed, read.producer_id, live=read.live)
@@ -242,6 +271,9 @@ def _plan(settings: Settings, transforms: Sequence[Operator]) -> _Plan:
     quarantine = _open_quarantine(telemetry.rejected_path)
     rows = read.open(resume.start, _fan_out(reporter, quarantine))
     rows.check()
+    shard_of_rows = parse_shard(telemetry.shard)
+    if scaling is not None and shard_of_rows is not None and isinstance(rows, LineSource):
+        rows.skip_uuids(*skipping_other_shards(*shard_of_rows, telemetry.amplify, scaling))
     checkpointer = None
     if telemetry.checkpoint_path is not None:
         checkpointer = Checkpointer(
@@ -251,7 +283,10 @@ def _plan(settings: Settings, transforms: Sequence[Operator]) -> _Plan:
             file=read.checkpointed,
             before=resume.before,
         )
-    encoder = BatchEncoder(read.producer_id, timestamps=telemetry.timestamps, first_sequence=resume.first_sequence)
+    encoding = settings.message_queue.encoding
+    encoder = BatchEncoder(
+        read.producer_id, timestamps=telemetry.timestamps, first_sequence=resume.first_sequence, encoding=encoding
+    )
     if settings.observability.listen:  # the endpoint also reports how old the newest acknowledged row is
         from rxstreamer.metrics import RowTimesEncoder
 
@@ -260,13 +295,53 @@ def _plan(settings: Settings, transforms: Sequence[Operator]) -> _Plan:
             timestamps=telemetry.timestamps,
             first_sequence=resume.first_sequence,
             per_gpu_max=settings.observability.per_gpu_max,
+            encoding=encoding,
         )
-    all_transforms = [*load_transforms(telemetry.transforms), *transforms]
+    all_transforms = [*scaling_operators, *load_transforms(telemetry.transforms), *transforms]
     before = resume.before
     point = None
     if before is not None and before.producer_id == read.producer_id and before.written_at:
         point = ResumePoint(before.producer_id, before.sequence, datetime.fromisoformat(before.written_at))
-    return _Plan(rows, encoder, all_transforms, checkpointer, reporter, quarantine, point)
+    return _Plan(
+        rows,
+        encoder,
+        all_transforms,
+        checkpointer,
+        reporter,
+        quarantine,
+        point,
+        scaling=scaling,
+        replaying=telemetry.pace == "original",
+    )
+
+
+def _scaling(settings: Settings) -> tuple[ScalingCounters | None, list[Operator]]:
+    """``amplify`` then ``shard`` (rxstreamer.scaling), first among the row operators, with their counters.
+
+    Amplify before shard, so that the copies of one GPU spread over the shards like real GPUs; both before
+    your transforms, so that they see the virtual GPUs, and each shard's transforms only its own.
+
+    Amplification is refused with a checkpoint: a batch can end between two copies of one row, and a
+    checkpoint's position names a place in the file, not a copy, so a resume would lose the copies after it.
+    """
+    telemetry = settings.telemetry
+    parsed = parse_shard(telemetry.shard)
+    if telemetry.amplify == 1 and parsed is None:
+        return None, []
+    if telemetry.amplify > 1 and telemetry.checkpoint_path is not None:
+        raise ConfigError(
+            "telemetry.amplify",
+            telemetry.amplify,
+            "cannot be used with telemetry.checkpoint_path: a batch can end between the copies of one row, which "
+            "a checkpoint cannot resume; amplify without a checkpoint (a replay is recognised as duplicates)",
+        )
+    counters = ScalingCounters()
+    operators: list[Operator] = []
+    if telemetry.amplify > 1:
+        operators.append(amplify(telemetry.amplify, counters))
+    if parsed is not None:
+        operators.append(shard(*parsed, counters=counters))
+    return counters, operators
 
 
 def _file_input(settings: Settings, path: Path) -> _Input:
@@ -279,8 +354,9 @@ def _file_input(settings: Settings, path: Path) -> _Input:
         file = input_file.identity()
     except OSError as error:
         raise ConfigError("telemetry.metrics_path", path, f"cannot be read: {error.strerror or error}") from error
-    producer_id = settings.message_queue.producer_id or derive_producer_id(
-        telemetry.instance, path, file, telemetry.batch_size
+    explicit = settings.message_queue.producer_id
+    producer_id = (explicit and explicit + _shard_suffix(telemetry.shard)) or derive_producer_id(
+        telemetry.instance, path, file, telemetry.batch_size, amplify=telemetry.amplify, shard=telemetry.shard
     )
 
     def open_file(start: Position | None, on_reject: Callable[[Rejection], None]) -> Source:
@@ -304,10 +380,16 @@ def _scraped_input(settings: Settings, targets: tuple[str, ...]) -> _Input:
     telemetry = settings.telemetry
     if telemetry.format not in ("auto", "prometheus"):
         raise ConfigError("telemetry.format", telemetry.format, "endpoints are scraped as prometheus text")
+    if telemetry.pace == "original":
+        raise ConfigError(
+            "telemetry.pace", telemetry.pace, "replays a recording at its own cadence; live endpoints have no recording"
+        )
     digest = targets_digest(targets)
-    producer_id = (
-        settings.message_queue.producer_id
-        or f"{telemetry.instance or socket.gethostname()}:scrape:{digest[:12]}:b{telemetry.batch_size}"
+    explicit = settings.message_queue.producer_id
+    producer_id = (explicit and explicit + _shard_suffix(telemetry.shard)) or _scaled_id(
+        f"{telemetry.instance or socket.gethostname()}:scrape:{digest[:12]}:b{telemetry.batch_size}",
+        telemetry.amplify,
+        telemetry.shard,
     )
     interval = telemetry.scrape_interval
     checkpointed = ScrapedInput(", ".join(targets), digest, lambda: int(time.time() // interval))
@@ -482,8 +564,10 @@ def run_streamer(
             None if instruments is None else instruments.on_ack,
         ),
         counters=counters,
+        speed=telemetry.speed if telemetry.pace == "original" else None,
+        by_scrape=telemetry.batch_by == "scrape",
     )
-    counts = RunCounts(plan.rows, counters, sink)
+    counts = RunCounts(plan.rows, counters, sink, plan.scaling)
     subscription = pipeline.subscribe(outcome.on_next, outcome.on_error, outcome.on_completed)
     _report_run(endpoint, instruments, settings, plan, sink, counts, status, pipeline_thread, outcome)
     progress_line = start_progress_line(settings, plan.rows, counts.now)  # only for a person at a terminal
@@ -635,11 +719,20 @@ def started_fields(settings: Settings, producer_id: str) -> dict[str, object]:
         names.append("telemetry.rejected_path")
     if telemetry.read_ahead != 0:
         names.append("telemetry.read_ahead")
+    if telemetry.amplify != 1:
+        names.append("telemetry.amplify")
+    if telemetry.shard:
+        names.append("telemetry.shard")
     return {name: producer_id if name == "producer_id" else shown[name] for name in names}
 
 
 def _log_progress(plan: _Plan, counts: Counts) -> None:
     plan.reporter.flush()
+    scaled: dict[str, object] = {}
+    if plan.scaling is not None:
+        scaled = {"rows_copied": counts.rows_copied, "rows_in_other_shards": counts.rows_in_other_shards}
+    if plan.replaying:
+        scaled.update(rows_out_of_order=counts.rows_out_of_order, behind_schedule_s=counts.behind_schedule_s)
     log.info(
         "streamer.progress",
         rows_read=counts.rows_read,
@@ -647,6 +740,7 @@ def _log_progress(plan: _Plan, counts: Counts) -> None:
         batches_published=counts.batches_published,
         rows_published=counts.rows_published,
         rows_per_s=plan.progress_rate(counts.rows_published),
+        **scaled,
     )
 
 
@@ -663,6 +757,10 @@ def _summary(reason: StopReason, counts: Counts, duration: float, error: BaseExc
         rejected_by_reason=counts.rejected_by_reason,
         duration_s=round(duration, 3),
         error=describe_error(error) if error is not None else None,
+        rows_copied=counts.rows_copied,
+        rows_in_other_shards=counts.rows_in_other_shards,
+        rows_out_of_order=counts.rows_out_of_order,
+        behind_schedule_s=counts.behind_schedule_s,
     )
 
 
@@ -679,6 +777,10 @@ def _log_summary(summary: RunSummary, plan: _Plan) -> None:
         fields["checkpoint_sequence"] = plan.checkpointer.last.sequence
     if plan.quarantine is not None:
         fields["quarantined"] = plan.quarantine.written
+    if plan.scaling is None:  # neither amplify nor shard: both are 0, and the line stays as it always was
+        del fields["rows_copied"], fields["rows_in_other_shards"]
+    if not plan.replaying:
+        del fields["rows_out_of_order"], fields["behind_schedule_s"]
     if summary.error is None:
         del fields["error"]
         log.info("streamer.stopped", **fields)

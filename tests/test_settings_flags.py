@@ -42,6 +42,12 @@ FLAGS: list[tuple[str, str, str]] = [
     ("tail", "--nats-stream", "message_queue.nats.stream"),
     ("run", "--metrics-listen", "observability.listen"),
     ("mq", "--metrics-listen", "observability.listen"),
+    ("run", "--pace", "telemetry.pace"),
+    ("run", "--speed", "telemetry.speed"),
+    ("run", "--batch-by", "telemetry.batch_by"),
+    ("run", "--amplify", "telemetry.amplify"),
+    ("run", "--shard", "telemetry.shard"),
+    ("run", "--workers", "telemetry.workers"),
 ]
 
 

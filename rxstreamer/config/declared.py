@@ -6,6 +6,8 @@ from them and checked by tests/test_settings_files.py (``python -m tests.test_se
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -33,13 +35,37 @@ from rxstreamer.config.kinds import (
 )
 
 if TYPE_CHECKING:
-    from rxstreamer.encoding import Compression, TimestampMode
+    from rxstreamer.encoding import Compression, TimestampMode, WireEncoding
     from rxstreamer.logs import LogFormat
     from rxstreamer.parsing import SentinelMode
 
 MAX_BATCH_SIZE: Final = 1_000_000
 MAX_READ_AHEAD: Final = 16
 FsyncPolicy = Literal["always", "interval", "never"]  # here, not in rxstreamer.broker: importing that needs grpc
+PaceMode = Literal["interval", "original"]
+BatchBy = Literal["count", "scrape"]
+MAX_AMPLIFY: Final = 100_000
+MAX_WORKERS: Final = 64
+
+
+def _speed(value: Any) -> float:
+    if type(value) not in (int, float) or not 0 < value < math.inf:
+        raise ValueError("must be a number greater than zero, e.g. 1, 10 or 0.5")
+    return float(value)
+
+
+def _shard(value: Any) -> str:
+    """ "i/N" with 0 <= i < N, or empty for all of the input; kept as text, parsed by rxstreamer.scaling."""
+    if isinstance(value, str) and not value.strip():
+        return ""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", value) if isinstance(value, str) else None
+    if match is None or not 0 <= int(match[1]) < int(match[2]):
+        raise ValueError('must be "i/N" with 0 <= i < N, e.g. "0/4" .. "3/4"; or empty: the whole input')
+    return f"{int(match[1])}/{int(match[2])}"
+
+
+SPEED: Final = Kind(_speed)
+SHARD: Final = Kind(_shard)
 
 
 @dataclass(frozen=True)
@@ -114,6 +140,41 @@ class TelemetrySettings:
         'DCGM\'s "blank / not found / not supported / not permissioned" numbers: `reject` them, or `flag` them '
         "(published with label `dcgm_sentinel`)",
     )
+    pace: PaceMode = setting(
+        choice("rxstreamer.config.declared:PaceMode"),
+        "interval",
+        "`interval`: one batch per `stream_interval`; `original`: rows at the spacing of their own timestamps "
+        "divided by `speed` (see Load testing)",
+        "--pace",
+    )
+    speed: float = setting(SPEED, 1.0, 'with `pace = "original"`: how many times faster than recorded', "--speed")
+    batch_by: BatchBy = setting(
+        choice("rxstreamer.config.declared:BatchBy"),
+        "count",
+        "`count`: batches of `batch_size` rows; `scrape`: one batch per timestamp and host (one scrape of one "
+        "host, split at `batch_size`), holding one timestamp's rows at a time",
+        "--batch-by",
+    )
+    amplify: int = setting(
+        integer(1, MAX_AMPLIFY),
+        1,
+        "replay every row as this many virtual clusters: copy k renames uuid, hostname and instance the same way "
+        "on every run (copy 0 is the original)",
+        "--amplify",
+    )
+    shard: str = setting(
+        SHARD,
+        "",
+        '`"i/N"`: send only the GPUs whose uuid hashes to shard i of N (after `amplify`), so N instances send the '
+        "input once between them; empty: all",
+        "--shard",
+    )
+    workers: int = setting(
+        integer(1, MAX_WORKERS),
+        1,
+        "shard processes run by this one (worker i is `--shard i/N`), to use N cores",
+        "--workers",
+    )
     read_ahead: int = setting(
         integer(0, MAX_READ_AHEAD),
         0,
@@ -144,6 +205,20 @@ class NatsSettings:
     )
     duplicate_window: float = setting(
         POSITIVE, "10m", "how long JetStream drops a re-sent batch by its `Nats-Msg-Id`, for a stream it creates"
+    )
+    user: str = setting(TEXT, "", "the NATS user to connect as, with `password_file` or `password`; empty: none")
+    password_file: Path | None = setting(
+        OPTIONAL_PATH, "", "a file holding the NATS user's password, on one line (see Security); empty: none"
+    )
+    password: str = setting(
+        Kind(TEXT.convert, lambda value: "(set)" if value else "(unset)"),  # shown set/unset, never the value
+        "",
+        "the NATS password itself, for `RXSTREAMER_MESSAGE_QUEUE__NATS__PASSWORD`; `password_file` is preferred",
+    )
+    creds_file: Path | None = setting(
+        OPTIONAL_PATH,
+        "",
+        "a NATS `.creds` file (user JWT and seed) or an NKey user seed file (`SU...`); empty: none",
     )
 
 
@@ -205,6 +280,12 @@ class MessageQueueSettings:
         "none",
         "`none`, `gzip` (gRPC's channel compression; over NATS, of the payload) or `zstd` (of the payload, named "
         "in its `content-encoding` header); `tail` reads every one",
+    )
+    encoding: WireEncoding = setting(
+        choice("rxstreamer.encoding:WireEncoding"),
+        "v2",
+        "wire format of the batches: `v2` states each GPU once per batch (a quarter of v1's bytes, see The wire "
+        "contract), `v1` one full message per row, for consumers that read only v1; `tail` reads both",
     )
     retry: RetrySettings = table(RetrySettings)
     nats: NatsSettings = table(NatsSettings)
