@@ -34,6 +34,7 @@ import idle
 import memory_and_start
 import nats_throughput
 import pacing
+import row_costs
 import scraping
 import throughput
 import wire_size
@@ -77,6 +78,10 @@ BENCHMARKS: dict[str, tuple[Callable[[], Report], Callable[[], Report]]] = {
     "cadence": (  # about 1.5 minutes: a looped replay of the real export at its own pace for 1 minute
         lambda: cadence.run(drift_minutes=1.0),
         lambda: cadence.run(drift_minutes=0),
+    ),
+    "rowcosts": (
+        lambda: row_costs.run(rows=200_000, batch_size=1000, rounds=5),
+        lambda: row_costs.run(rows=20_000, batch_size=1000, rounds=1),
     ),
     "batching": (
         lambda: batching.run(count=200_000, rounds=5),

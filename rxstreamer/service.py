@@ -553,7 +553,8 @@ def run_streamer(
         batch_size=telemetry.batch_size,
         interval=telemetry.stream_interval,
         retry=retry,
-        read_ahead=telemetry.read_ahead,
+        # A live source's read waits for the next scrape: read ahead, it would hold the acks back until then.
+        read_ahead=0 if isinstance(plan.rows, Live) else telemetry.read_ahead,
         transforms=plan.transforms,
         scheduler=scheduler if instruments is None else instruments.scheduler,
         on_retry=status.retry,
@@ -717,7 +718,7 @@ def started_fields(settings: Settings, producer_id: str) -> dict[str, object]:
         names.append("telemetry.checkpoint_path")
     if telemetry.rejected_path is not None:
         names.append("telemetry.rejected_path")
-    if telemetry.read_ahead != 0:
+    if telemetry.read_ahead != 1:
         names.append("telemetry.read_ahead")
     if telemetry.amplify != 1:
         names.append("telemetry.amplify")

@@ -39,10 +39,21 @@ def batch(sequence: int, rows: int = 3, position: Position | None = None, produc
 
 
 def answer(publisher: GrpcSink, item: EncodedBatch) -> PublishAck | BaseException:
-    """The one answer of a synchronous publish: the ack, or the error it ended with."""
+    """The one answer of a publish, waited for (gRPC's threads carry the call): the ack, or the error it ended with."""
     answers: list[PublishAck | BaseException] = []
     completed: list[bool] = []
-    publisher.publish(item).subscribe(answers.append, answers.append, lambda: completed.append(True))
+    over = threading.Event()
+
+    def on_error(error: BaseException) -> None:
+        answers.append(error)
+        over.set()
+
+    def on_completed() -> None:
+        completed.append(True)
+        over.set()
+
+    publisher.publish(item).subscribe(answers.append, on_error, on_completed)
+    assert over.wait(10.0), "no answer within 10 s"
     assert len(answers) == 1, answers
     assert completed == ([] if isinstance(answers[0], BaseException) else [True])
     return answers[0]
@@ -129,10 +140,12 @@ def test_wait_idle_is_true_at_once_when_nothing_is_in_flight(publisher: GrpcSink
     assert publisher.wait_idle(0.0) is True
 
 
-def test_background_publishes_answer_on_the_pipeline_schedulers_thread(broker: RunningBroker) -> None:
-    """With background=True the call runs elsewhere, but the ack (and completion) arrive on the scheduler's thread."""
+@pytest.mark.parametrize("background", [False, True], ids=["on-grpc-threads", "in-background"])
+def test_publishes_answer_on_the_pipeline_schedulers_thread(broker: RunningBroker, background: bool) -> None:
+    """The call runs elsewhere (gRPC's threads, or the publishing thread), but the ack (and completion) arrive on
+    the scheduler's thread: every operator of the pipeline runs on that one thread."""
     scheduler = EventLoopScheduler()
-    publisher = GrpcSink(broker.address, TOPIC, SinkOptions(timeout=5.0, scheduler=scheduler, background=True))
+    publisher = GrpcSink(broker.address, TOPIC, SinkOptions(timeout=5.0, scheduler=scheduler, background=background))
     loop_thread: list[threading.Thread] = []
     scheduler.schedule(lambda *_: loop_thread.append(threading.current_thread()))
     acks: list[tuple[PublishAck, threading.Thread]] = []
@@ -158,7 +171,7 @@ def test_background_publishes_answer_on_the_pipeline_schedulers_thread(broker: R
     assert publisher.stats == PublishStats(1, 3, 0)
 
 
-@pytest.mark.parametrize("background", [False, True], ids=["on-the-calling-thread", "in-background"])
+@pytest.mark.parametrize("background", [False, True], ids=["on-grpc-threads", "in-background"])
 def test_close_after_use_is_safe_and_idempotent(broker: RunningBroker, background: bool) -> None:
     """close() after a publish raises nothing, twice over; the counts stay as they were."""
     scheduler = EventLoopScheduler()
@@ -172,3 +185,27 @@ def test_close_after_use_is_safe_and_idempotent(broker: RunningBroker, backgroun
     publisher.close()
     scheduler.dispose()
     assert publisher.stats == PublishStats(1, 3, 0)
+
+
+def test_a_publish_leaves_the_calling_thread_free_while_the_call_is_on_the_wire(broker: RunningBroker) -> None:
+    """subscribe() returns before the answer: the pipeline's thread reads the next batch meanwhile (read_ahead).
+
+    The call is made on the scheduler's thread, where the answer is delivered too: a blocking call would
+    deliver it before subscribe() returned.
+    """
+    scheduler = EventLoopScheduler()
+    publisher = GrpcSink(broker.address, TOPIC, SinkOptions(timeout=5.0, scheduler=scheduler))
+    answers: list[object] = []
+    done = threading.Event()
+
+    def publish(*_: object) -> None:
+        publisher.publish(batch(1)).subscribe(answers.append, on_completed=done.set)
+        answers.append("subscribe returned")
+
+    try:
+        scheduler.schedule(publish)
+        assert done.wait(10.0), "no answer within 10 s"
+    finally:
+        publisher.close()
+        scheduler.dispose()
+    assert answers == ["subscribe returned", PublishAck(1, 0, False, 3)]

@@ -71,7 +71,7 @@ def test_started_line_has_the_streamers_settings_in_order(broker_address: str) -
 
 
 def test_optional_features_are_shown_only_when_on(tmp_path: Path) -> None:
-    """checkpoint_path and rejected_path when set, read_ahead when not 0, in that order after the rest."""
+    """checkpoint_path and rejected_path when set, read_ahead when not 1, in that order after the rest."""
     settings = load_settings(
         overrides={
             "telemetry.checkpoint_path": str(tmp_path / "checkpoint.json"),

@@ -177,8 +177,9 @@ class TelemetrySettings:
     )
     read_ahead: int = setting(
         integer(0, MAX_READ_AHEAD),
-        0,
-        "batches read while the previous one is being published; `0` reads only after each acknowledgement",
+        1,
+        "batches read while the previous one is being published (the call leaves the pipeline's thread free); `0` "
+        "reads only after each acknowledgement; scraping reads none ahead (a read waits for the next scrape)",
     )
 
 
@@ -267,8 +268,8 @@ class MessageQueueSettings:
     publish_in_background: bool = setting(
         BOOLEAN,
         False,
-        "make Publish calls on a thread of their own so that `read_ahead` overlaps reading with the call (slower "
-        "on 2 cores, see docs/benchmarks.md)",
+        "make gRPC Publish calls blocking, on a thread of their own, instead of on gRPC's threads (slower, see "
+        "docs/benchmarks.md)",
     )
     unreachable_alert_after: float = setting(
         POSITIVE,
