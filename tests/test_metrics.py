@@ -49,6 +49,7 @@ from rxstreamer.model import MetricRow, PublishAck
 from rxstreamer.operators import pace
 from rxstreamer.pipeline import build_pipeline
 from rxstreamer.retry import PublishError, RetryPolicy
+from rxstreamer.scaling import ScalingCounters, amplify, shard
 from rxstreamer.service import _ProgressRate
 from rxstreamer.sinks import InMemorySink
 from rxstreamer.sources import CsvRows
@@ -97,6 +98,40 @@ def streamer_view(
         "row_times": instruments.row_times,
     }
     return StreamerView(**{**fields, **overrides})
+
+
+def test_the_collector_reports_a_replays_scaling_and_schedule_counts(tmp_path: Path) -> None:
+    """Amplified, sharded and replayed at its own pace faster than the queue takes it: each scrape matches RunCounts."""
+    rows = CsvRows(with_two_bad_rows(tmp_path))
+    pipeline_counters, scaling = PipelineCounters(), ScalingCounters()
+    scheduler = TestScheduler()
+    sink = InMemorySink(latency=0.5, scheduler=scheduler)
+    counts = RunCounts(rows, pipeline_counters, sink, scaling)
+    encoder = RowTimesEncoder("p")
+    instruments = StreamerInstruments.around(sink, scheduler, encoder, clock=lambda: scheduler.clock)
+    pipeline = build_pipeline(
+        rows, instruments.publisher, encoder, batch_size=100, interval=1.0, retry=RetryPolicy(),
+        transforms=[amplify(3, scaling), shard(0, 2, scaling)], scheduler=instruments.scheduler,
+        on_ack=instruments.on_ack, counters=pipeline_counters, speed=100,
+    )  # fmt: skip
+    collector = StreamerCollector(streamer_view(counts, instruments, sink))
+    seen: list[tuple[Samples, Any]] = []
+    scheduler.schedule_absolute(203.25, lambda *_: seen.append((scraped(collector), counts.now())))
+    scheduler.start(lambda: pipeline, disposed=100_000)
+    seen.append((scraped(collector), counts.now()))
+
+    for samples, expected in seen:
+        assert value(samples, "rxstreamer_rows_copied_total") == expected.rows_copied
+        assert value(samples, "rxstreamer_rows_in_other_shards_total") == expected.rows_in_other_shards
+        assert value(samples, "rxstreamer_rows_out_of_order_total") == expected.rows_out_of_order
+        assert value(samples, "rxstreamer_behind_schedule_seconds_total") == pytest.approx(expected.behind_schedule_s)
+        assert value(samples, "rxstreamer_rows_filtered_total") == expected.rows_filtered
+    end = seen[-1][1]
+    assert end.rows_filtered == 0
+    assert end.rows_copied == 2 * (end.rows_read - end.rows_rejected) > 0
+    assert end.rows_in_other_shards > 0
+    assert end.behind_schedule_s > 0  # a group every 10 ms (speed 100), each publish taking 500 ms
+    assert end.rows_read + end.rows_copied == end.rows_published + end.rows_rejected + end.rows_in_other_shards
 
 
 def test_the_collector_reports_the_runs_counts_mid_run_and_at_the_end(tmp_path: Path) -> None:
@@ -173,6 +208,10 @@ def test_counters_and_histograms_pass_the_exposition_rules() -> None:
         "rxstreamer_rows_published": "counter",
         "rxstreamer_rows_rejected": "counter",
         "rxstreamer_rows_filtered": "counter",
+        "rxstreamer_rows_copied": "counter",
+        "rxstreamer_rows_in_other_shards": "counter",
+        "rxstreamer_rows_out_of_order": "counter",
+        "rxstreamer_behind_schedule_seconds": "counter",
         "rxstreamer_rows_in_flight": "gauge",
         "rxstreamer_batches_published": "counter",
         "rxstreamer_duplicates": "counter",

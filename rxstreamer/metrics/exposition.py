@@ -77,6 +77,24 @@ class StreamerCollector:
             (([reason], count) for reason, count in sorted(counts.rejected_by_reason.items())),
         )
         yield counter("rxstreamer_rows_filtered_total", "Rows dropped by telemetry.transforms.", counts.rows_filtered)
+        yield counter(
+            "rxstreamer_rows_copied_total", "Rows made by telemetry.amplify beyond those read.", counts.rows_copied
+        )
+        yield counter(
+            "rxstreamer_rows_in_other_shards_total",
+            "Rows telemetry.shard left to the other shards.",
+            counts.rows_in_other_shards,
+        )
+        yield counter(
+            "rxstreamer_rows_out_of_order_total",
+            "Replaying at the recorded pace: rows stamped earlier than rows already sent, sent at once.",
+            counts.rows_out_of_order,
+        )
+        yield counter(
+            "rxstreamer_behind_schedule_seconds_total",
+            "Replaying at the recorded pace: seconds the schedule moved back, the queue or this process too slow.",
+            counts.behind_schedule_s,
+        )
         yield gauge("rxstreamer_rows_in_flight", "Rows read into batches not acknowledged yet.", counts.rows_in_flight)
         yield counter("rxstreamer_batches_published_total", "Batches the queue acknowledged.", counts.batches_published)
         yield counter(
