@@ -19,7 +19,6 @@ from reactivex import Observable, abc
 from reactivex import operators as ops
 from reactivex.disposable import CompositeDisposable, Disposable, SerialDisposable, SingleAssignmentDisposable
 from reactivex.scheduler import TimeoutScheduler
-from reactivex.subject import Subject
 
 from rxstreamer.retry import PublishError, RetriesExhaustedError, RetryPolicy
 
@@ -49,20 +48,23 @@ class PullThrough(Iterable[_B]):
 
     def _pull(self) -> Generator[_B, None, None]:
         rows = iter(self._rows)
-        pushed: Subject[Any] = Subject()
+        inlet = _Inlet()
         outputs: deque[_B] = deque()
         failure: list[Exception] = []
         finished: list[bool] = []
-        pushed.pipe(*self._operators).subscribe(outputs.append, failure.append, lambda: finished.append(True))
+        inlet.pipe(*self._operators).subscribe(outputs.append, failure.append, lambda: finished.append(True))
+        push = inlet.on_next
+        ended = False
         try:
             while True:
-                while not outputs and not failure and not finished:
-                    try:
-                        row = next(rows)
-                    except StopIteration:
-                        pushed.on_completed()
-                        break
-                    pushed.on_next(row)
+                if not (outputs or failure or finished or ended):
+                    for row in rows:
+                        push(row)
+                        if outputs or failure or finished:
+                            break
+                    else:
+                        ended = True
+                        inlet.on_completed()
                 if outputs:
                     yield outputs.popleft()
                 elif failure:
@@ -73,6 +75,32 @@ class PullThrough(Iterable[_B]):
             close = getattr(rows, "close", None)
             if close is not None:
                 close()  # releases the file when the consumer stops early
+
+
+class _Inlet(Observable[Any]):
+    """The head of a ``pull_through`` chain: hands each row to its one subscriber, the first operator.
+
+    A ``Subject`` would do, at about twice the cost a row (a lock, a check and a copy of its observer list per
+    row), which a load generator pays millions of times (docs/benchmarks.md, "Where a row's microseconds go").
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._observer: abc.ObserverBase[Any] | None = None
+
+    def _subscribe_core(
+        self, observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase | None = None
+    ) -> abc.DisposableBase:
+        self._observer = observer
+        return Disposable()
+
+    def on_next(self, row: Any) -> None:
+        if self._observer is not None:
+            self._observer.on_next(row)
+
+    def on_completed(self) -> None:
+        if self._observer is not None:
+            self._observer.on_completed()
 
 
 def pull_through(rows: Iterable[Any], *operators: Operator) -> PullThrough[Any]:
