@@ -10,7 +10,7 @@ builds a window subject and a ``to_list`` per batch, which at 10 rows a batch co
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from reactivex import Observable, abc
 
@@ -20,8 +20,15 @@ _T = TypeVar("_T")
 _NOTHING: Any = object()
 
 
+class Arrivals(Protocol):
+    """Where a batching step counts the rows it received, cut into a batch yet or still held (PipelineCounters):
+    without it, a report taken mid-batch could not tell rows held from rows a transform dropped."""
+
+    rows_to_batch: int
+
+
 def batch(
-    size: int, *, split_on: Callable[[_T], Hashable] | None = None
+    size: int, *, split_on: Callable[[_T], Hashable] | None = None, counted: Arrivals | None = None
 ) -> Callable[[Observable[_T]], Observable[list[_T]]]:
     """Lists of up to ``size`` items; with ``split_on``, a list also ends where that key of the items changes.
 
@@ -29,6 +36,7 @@ def batch(
     one list, which is what replaying a recording at its own cadence needs: one list, one moment.
 
     Example, ``batch(2, split_on=str.lower)`` over ``a A A b B c`` gives ``[a, A] [A] [b, B] [c]``.
+    ``counted.rows_to_batch`` counts every item received.
     """
     if size < 1:
         raise ValueError(f"batch size must be >= 1, got {size}")
@@ -42,6 +50,8 @@ def batch(
 
             def on_next(item: _T) -> None:
                 nonlocal held, last_key
+                if counted is not None:
+                    counted.rows_to_batch += 1
                 if split_on is not None:
                     key = split_on(item)
                     if held and key != last_key:
@@ -65,7 +75,9 @@ def batch(
     return operator
 
 
-def batch_per_scrape(size: int) -> Callable[[Observable[MetricRow]], Observable[list[MetricRow]]]:
+def batch_per_scrape(
+    size: int, counted: Arrivals | None = None
+) -> Callable[[Observable[MetricRow]], Observable[list[MetricRow]]]:
     """One batch per host and timestamp (split at ``size``): the consistent snapshot one scrape of one host is.
 
     dcgm-exporter reports every GPU of a host at once; an export interleaves the hosts (the real CSV holds one
@@ -90,6 +102,8 @@ def batch_per_scrape(size: int) -> Callable[[Observable[MetricRow]], Observable[
                 by_host.clear()
 
             def on_next(row: MetricRow) -> None:
+                if counted is not None:
+                    counted.rows_to_batch += 1
                 if row.timestamp != moment[0]:
                     flush()
                     moment[0] = row.timestamp
@@ -116,8 +130,10 @@ def _timestamp(row: MetricRow) -> Hashable:
     return row.timestamp
 
 
-def batcher(size: int, *, by_scrape: bool, by_timestamp: bool) -> Callable[[Observable[Any]], Observable[list[Any]]]:
+def batcher(
+    size: int, *, by_scrape: bool, by_timestamp: bool, counted: Arrivals | None = None
+) -> Callable[[Observable[Any]], Observable[list[Any]]]:
     """The batching step of the pipeline for its settings: by scrape, by timestamp (for original cadence), by count."""
     if by_scrape:
-        return batch_per_scrape(size)
-    return batch(size, split_on=_timestamp) if by_timestamp else batch(size)
+        return batch_per_scrape(size, counted)
+    return batch(size, split_on=_timestamp if by_timestamp else None, counted=counted)

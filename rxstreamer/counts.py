@@ -27,9 +27,10 @@ class PipelineCounters:
 
     batches_pulled: int = 0
     rows_batched: int = 0  # rows that reached a batch: read, parsed, and kept by the transforms
+    rows_to_batch: int = 0  # rows the batching step received: batched, or held until their batch is cut
     # Replaying at the recorded cadence (telemetry.pace = "original"):
     rows_out_of_order: int = 0  # rows stamped earlier than rows already sent: sent at once
-    behind_schedule_s: float = 0.0  # how far the replay fell behind the recording's schedule and moved it back
+    behind_schedule_s: float = 0.0  # how far behind the recording's schedule the latest batch went
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,8 @@ class RunCounts:
 
     def now(self) -> Counts:
         source, published = self._source.stats, self._sink.stats
-        batched = self._pipeline.rows_batched
+        # Rows held by the batching step (a batch still being gathered) are in flight, not filtered.
+        batched = max(self._pipeline.rows_batched, self._pipeline.rows_to_batch)
         copied, elsewhere = self._scaling.rows_copied, self._scaling.rows_in_other_shards
         return Counts(
             rows_read=source.rows_read,

@@ -162,8 +162,8 @@ def pace_by_offsets(
     Deadlines are absolute (start + offset), so replay does not drift. When an item is late by more than its
     gap to the previous item (the queue stalled), the schedule moves to that moment, keeping the recording's
     rhythm rather than bursting through it. ``offset_of`` is called once per item, in order; when it keeps state
-    (a ``Timeline`` does), make one per subscription (``reactivex.defer``). ``on_behind`` is told by how many
-    seconds the schedule moved each time it did.
+    (a ``Timeline`` does), make one per subscription (``reactivex.defer``). ``on_behind`` is told, for each
+    item, how many seconds behind the schedule of the start it goes: the moves so far plus its own lateness.
 
     Marble, offsets a=0, b=1, c=1, d=4 (units), ``then`` instant::
 
@@ -232,10 +232,12 @@ class _AtOffsets(Generic[_B]):
         self._on_behind = on_behind
         self._anchor = datetime.min
         self._previous: timedelta | None = None
+        self._moved = timedelta(0)  # how far the anchor moved, all stalls together
 
     def start(self, now: datetime) -> None:
         self._anchor = now
         self._previous = None
+        self._moved = timedelta(0)
 
     def due(self, item: _B | None, handed_over: int, now: datetime) -> datetime:
         seconds = self._offset_of(item)  # type: ignore[arg-type]  # needs_item: never None here
@@ -246,10 +248,11 @@ class _AtOffsets(Generic[_B]):
         self._previous = offset
         due = self._anchor + offset
         if gap > timedelta(0) and now - due > gap:
+            self._moved += now - due
             self._anchor = now - offset
-            if self._on_behind is not None:
-                self._on_behind((now - due).total_seconds())
             due = now
+        if self._on_behind is not None:  # behind the first schedule: the moves, and how late this item is
+            self._on_behind((self._moved + max(now - due, timedelta(0))).total_seconds())
         return due
 
 

@@ -72,7 +72,7 @@ def build_pipeline(
     file that holds a single timestamp. ``by_scrape`` makes each batch one timestamp of one host.
     """
     counters = counters or PipelineCounters()
-    batching = batcher(batch_size, by_scrape=by_scrape, by_timestamp=speed is not None)
+    batching = batcher(batch_size, by_scrape=by_scrape, by_timestamp=speed is not None, counted=counters)
     batches = with_positions(pull_through(rows, *transforms, batching), rows, counters)
     publish = retrying(publisher.publish, retry, scheduler=scheduler, on_retry=on_retry)
     after_ack = ops.map(_calling(on_ack)) if on_ack is not None else None
@@ -90,16 +90,16 @@ def build_pipeline(
             encode_and_publish,
             read_ahead=read_ahead,
             scheduler=scheduler,
-            on_behind=_adding_to(counters),
+            on_behind=_behind_into(counters),
         )
     )
 
 
-def _adding_to(counters: PipelineCounters) -> Callable[[float], None]:
-    def add(seconds: float) -> None:
-        counters.behind_schedule_s += seconds
+def _behind_into(counters: PipelineCounters) -> Callable[[float], None]:
+    def record(seconds: float) -> None:
+        counters.behind_schedule_s = seconds
 
-    return add
+    return record
 
 
 def _offsets(timeline: Timeline, counters: PipelineCounters) -> Callable[[Batch], float | None]:

@@ -60,6 +60,9 @@ _PROGRESS = ("rows_read", "rows_rejected", "batches_published", "rows_published"
 _SCALED = ("rows_copied", "rows_in_other_shards")  # in the workers' progress lines: each is a shard
 # Fields of the workers' summaries that are no counts: not added up.
 _NOT_COUNTS = frozenset({"duration_s", "checkpoint_sequence", "rows_per_s", "exit_code"})
+# Fields that are no counts but a state of each worker, of which the worst is the command's: the latest.
+_WORST = frozenset({"behind_schedule_s"})
+_REPLAYED = ("rows_out_of_order", "behind_schedule_s")  # in the workers' progress lines with pace = "original"
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -361,9 +364,9 @@ class _Supervisor:
         """The workers' counts added up: from each one's summary when it has logged it, else its last progress.
 
         Every integer field is a count that adds up across workers (rows_read, rows_published, ...), and so is
-        every field holding counts by key (rejected_by_reason), whatever fields the streamer logs; only the
-        ones that are no counts are left out. Also the workers that ended without a summary (their counts
-        are the last progress line's, a lower bound).
+        every field holding counts by key (rejected_by_reason), whatever fields the streamer logs; the ones that
+        are no counts are left out, but for how far behind schedule a replay is: the worst worker's. Also the
+        workers that ended without a summary (their counts are the last progress line's, a lower bound).
         """
         totals: dict[str, Any] = {**dict.fromkeys(_SUMMED, 0), "rejected_by_reason": {}}
         without_summary = []
@@ -375,7 +378,9 @@ class _Supervisor:
                 for name, value in source.items():
                     if name in _NOT_COUNTS:
                         continue
-                    if _is_count(value):
+                    if name in _WORST and isinstance(value, int | float):
+                        totals[name] = max(totals.get(name, 0.0), value)
+                    elif _is_count(value):
                         totals[name] = totals.get(name, 0) + value
                     elif isinstance(value, dict) and all(_is_count(count) for count in value.values()):
                         by_key = totals.setdefault(name, {})
@@ -395,7 +400,7 @@ class _Supervisor:
         totals, _ = self._counts()
         with self._lock:
             rate = sum(float(worker.progress.get("rows_per_s", 0.0)) for worker in running)
-        shown = {name: totals[name] for name in (*_PROGRESS, *_SCALED) if name in totals}
+        shown = {name: totals[name] for name in (*_PROGRESS, *_SCALED, *_REPLAYED) if name in totals}
         log.info("streamer.progress", **shown, rows_per_s=round(rate, 1), workers=[w.index for w in running])
 
     def _log_summary(self, duration: float) -> int:

@@ -13,13 +13,15 @@ from reactivex.notification import OnCompleted, OnNext
 from reactivex.testing import ReactiveTest, TestScheduler
 
 from rxstreamer.cadence import Timeline
-from rxstreamer.counts import PipelineCounters
+from rxstreamer.counts import PipelineCounters, RunCounts
 from rxstreamer.encoding import BatchEncoder
 from rxstreamer.model import MetricRow, PublishAck
 from rxstreamer.operators import pace_by_offsets
 from rxstreamer.pipeline import build_pipeline
 from rxstreamer.retry import RetryPolicy
 from rxstreamer.sinks import InMemorySink
+from rxstreamer.sources import CsvRows
+from tests.conftest import TEST_DATA_CSV
 
 on_next = ReactiveTest.on_next
 on_completed = ReactiveTest.on_completed
@@ -144,7 +146,7 @@ def test_after_a_stall_longer_than_the_gap_the_rhythm_resumes_from_then_without_
         lambda: pace_by_offsets(items, items.offsets.__getitem__, publish, scheduler=scheduler, on_behind=behind.append)
     )
     assert [message.time for message in results.messages] == [200, 245, 245, 255, 255]
-    assert behind == [25.0]
+    assert behind == [0, 0, 25, 25]  # item 2 found the schedule 25 behind and moved it; item 3 kept to it
 
 
 def test_a_little_lateness_is_absorbed_and_the_schedule_kept() -> None:
@@ -156,7 +158,7 @@ def test_a_little_lateness_is_absorbed_and_the_schedule_kept() -> None:
         lambda: pace_by_offsets(items, items.offsets.__getitem__, publish, scheduler=scheduler, on_behind=behind.append)
     )
     assert [message.time for message in results.messages] == [200, 225, 225, 225]
-    assert behind == []
+    assert behind == [0, 0, 5]  # 5 late, less than the gap: the schedule stays, the lateness is told
 
 
 def test_an_item_without_an_offset_goes_at_once() -> None:
@@ -269,3 +271,35 @@ def test_a_queue_too_slow_for_the_recording_is_reported_as_time_behind_schedule(
     )  # fmt: skip
     assert len(sink.batches) == 4
     assert counters.behind_schedule_s == pytest.approx(1.5 * 3)
+
+
+def test_batches_of_one_group_published_slowly_are_told_further_and_further_behind() -> None:
+    """One timestamp in three batches, each publish 5 units: the group's last batch goes 10 behind its time."""
+    scheduler = TestScheduler()
+    items = Recorded([0, 0, 0], scheduler)
+    behind: list[float] = []
+    scheduler.start(
+        lambda: pace_by_offsets(
+            items, items.offsets.__getitem__, taking([5, 5, 5], scheduler), scheduler=scheduler, on_behind=behind.append
+        )
+    )
+    assert behind == [0, 5, 10]
+
+
+def test_rows_held_for_a_batch_still_gathered_are_in_flight_when_the_run_stops() -> None:
+    """Stopped while test-data's second scrape (30 s later) is awaited at speed 1: nothing counts as filtered."""
+    scheduler = TestScheduler()
+    rows = CsvRows(TEST_DATA_CSV)
+    sink = InMemorySink(latency=0.01, scheduler=scheduler)
+    counters = PipelineCounters()
+    counts = RunCounts(rows, counters, sink)
+    pipeline = build_pipeline(
+        rows, sink, BatchEncoder("held"), batch_size=1000, interval=0, retry=RetryPolicy(), scheduler=scheduler,
+        counters=counters, speed=1, by_scrape=True,
+    )  # fmt: skip
+    scheduler.start(lambda: pipeline, disposed=215)  # the first scrape sent; the second read and held
+    stopped = counts.now()
+    assert stopped.rows_published == 320
+    assert stopped.rows_filtered == 0
+    assert stopped.rows_read == stopped.rows_published + stopped.rows_in_flight
+    assert stopped.rows_in_flight > 0

@@ -51,7 +51,7 @@ METRICS: dict[str, set[str]] = {
     "rxstreamer_rows_copied_total": set(),
     "rxstreamer_rows_in_other_shards_total": set(),
     "rxstreamer_rows_out_of_order_total": set(),
-    "rxstreamer_behind_schedule_seconds_total": set(),
+    "rxstreamer_behind_schedule_seconds": set(),
     "rxstreamer_rows_in_flight": set(),
     "rxstreamer_batches_published_total": set(),
     "rxstreamer_duplicates_total": set(),

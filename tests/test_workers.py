@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 import pytest
 
 from rxstreamer.config import load_settings
-from rxstreamer.supervisor import exit_status, shard_path, worker_command
+from rxstreamer.supervisor import _Supervisor, exit_status, shard_path, worker_command
 from tests.conftest import TEST_DATA_CSV
 from tests.processes import (
     START_TIMEOUT,
@@ -87,6 +88,22 @@ def test_a_worker_runs_the_users_arguments_as_shard_i_of_n_without_workers_of_it
     ]  # fmt: skip
     # each worker keeps its own quarantine file: of a CSV file, each rejects the bad records of its own GPUs
     assert second[-4:] == ["--checkpoint-path", "c.shard-1-of-3.json", "--rejected-path", "bad.shard-1-of-3.csv"]
+
+
+def test_the_summary_adds_the_workers_counts_and_keeps_the_worst_lag_behind_schedule() -> None:
+    """Counts add up across workers; how far behind schedule a replay is does not: the worst worker's is the run's."""
+    settings = load_settings(overrides={"telemetry.workers": "2"}, environ={})
+    supervisor = _Supervisor(settings, ["--workers", "2"], threading.Event(), lambda: None)
+    for worker, (published, behind, late) in zip(supervisor._workers, [(10, 0.5, 1), (20, 2.25, 0)], strict=True):
+        worker.summary = {
+            "rows_published": published, "behind_schedule_s": behind, "rows_out_of_order": late, "duration_s": 3.0,
+            "rejected_by_reason": {"field_count": 1},
+        }  # fmt: skip
+    totals, without_summary = supervisor._counts()
+    assert (totals["rows_published"], totals["behind_schedule_s"], totals["rows_out_of_order"]) == (30, 2.25, 1)
+    assert totals["rejected_by_reason"] == {"field_count": 2}
+    assert "duration_s" not in totals
+    assert without_summary == []
 
 
 def test_a_worker_killed_by_a_signal_counts_as_128_plus_the_signal() -> None:

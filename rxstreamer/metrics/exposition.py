@@ -90,9 +90,9 @@ class StreamerCollector:
             "Replaying at the recorded pace: rows stamped earlier than rows already sent, sent at once.",
             counts.rows_out_of_order,
         )
-        yield counter(
-            "rxstreamer_behind_schedule_seconds_total",
-            "Replaying at the recorded pace: seconds the schedule moved back, the queue or this process too slow.",
+        yield gauge(
+            "rxstreamer_behind_schedule_seconds",
+            "Replaying at the recorded pace: how far behind the recording's schedule the latest batch went.",
             counts.behind_schedule_s,
         )
         yield gauge("rxstreamer_rows_in_flight", "Rows read into batches not acknowledged yet.", counts.rows_in_flight)
