@@ -40,7 +40,7 @@ class Counts:
     rows_read: int
     rows_rejected: int
     rows_filtered: int  # dropped by the transforms
-    rows_in_flight: int  # in a batch that was not acknowledged (yet)
+    rows_in_flight: int  # read and not acknowledged (yet): in a batch, or held by the batching step for one
     batches_published: int
     rows_published: int
     duplicates: int  # acknowledged batches the queue already held
