@@ -4,15 +4,17 @@ Runs, one after the other and with their defaults: throughput (bench/throughput.
 (bench/memory_and_start.py), pacing (bench/pacing.py), idle cost (bench/idle.py), exposition parsing
 (bench/exposition_parsing.py), wire format v1 against v2 (bench/wire_size.py, bytes and µs per row, about
 20 s), live scraping at cluster scale (bench/scraping.py, about 1 minute of the total), several cores
-(bench/workers.py: ``--workers 2`` against 1, about 1.5 minutes) and NATS JetStream against the reference
-broker (bench/nats_throughput.py, about 4 minutes; it needs ``nats-server`` from `make tools` and the ``nats``
-extra, and reports itself skipped without them). Each prints its progress on stderr and its detailed tables as
-it finishes; at the end comes one combined table, which is also written, with the machine and the detailed
-tables, to bench/out/results.md. About 12 minutes on 2 cores; ``--quick`` runs smaller sizes and one round
-each (under a minute), as a smoke test.
+(bench/workers.py: ``--workers 2`` against 1, about 1.5 minutes), original cadence (bench/cadence.py: the
+real export at speed 1 and 10 and a 1-minute looped replay, about 1.5 minutes), where a row's microseconds go
+(bench/row_costs.py, about 1 minute), batching (bench/batching.py: ``batch`` against ``buffer_with_count``) and
+NATS JetStream against the reference broker (bench/nats_throughput.py, about 4 minutes; it needs
+``nats-server`` from `make tools` and the ``nats`` extra, and reports itself skipped without them). Each prints
+its progress on stderr and its detailed tables as it finishes; at the end comes one combined table, which is
+also written, with the machine and the detailed tables, to bench/out/results.md. About 16 minutes on 2 cores;
+``--quick`` runs smaller sizes and one round each (about a minute), as a smoke test.
 
     .venv/bin/python bench/run_all.py [--quick] [--output FILE]
-        [--only throughput,memory,pacing,idle,exposition,wire,scraping,workers,nats]
+        [--only throughput,memory,pacing,idle,exposition,wire,scraping,workers,cadence,rowcosts,batching,nats]
 
 Every figure is printed, none is asserted. See docs/benchmarks.md for what each figure means.
 """
