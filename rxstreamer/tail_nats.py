@@ -30,6 +30,7 @@ from rxstreamer.retry import PublishError
 from rxstreamer.sinks import split_address
 from rxstreamer.sinks.nats import (
     SUBJECT_PREFIX,
+    InterruptedWaitError,
     NatsRefusedError,
     NatsSecurity,
     connect,
@@ -37,6 +38,7 @@ from rxstreamer.sinks.nats import (
     publish_error,
     refusal,
     servers_of,
+    unless_set,
 )
 from rxstreamer.tail import TailError, TailOptions, print_batch
 
@@ -117,17 +119,12 @@ class _Refusal:
         self._event.set()  # closed by the client itself (not by us: we close only after the last wait)
 
     async def unless(self, awaitable: Awaitable[_T]) -> _T:
-        task = asyncio.ensure_future(awaitable)
-        refused = asyncio.ensure_future(self._event.wait())
         try:
-            await asyncio.wait({task, refused}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            refused.cancel()
-        if task.done():
-            return task.result()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        raise TailError(self._error.message if self._error is not None else "the NATS connection was closed")
+            return await unless_set(awaitable, self._event)
+        except InterruptedWaitError:
+            raise TailError(
+                self._error.message if self._error is not None else "the NATS connection was closed"
+            ) from None
 
 
 def _start(options: TailOptions) -> ConsumerConfig:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
+import structlog
 from reactivex import Observable, abc
 
 from rxstreamer.model import EncodedBatch, PublishAck
@@ -26,6 +27,8 @@ from rxstreamer.retry import PublishError
 
 if TYPE_CHECKING:
     from rxstreamer.config.declared import MessageQueueSettings
+
+log = structlog.get_logger()
 
 
 @dataclass(frozen=True)
@@ -133,10 +136,12 @@ class StatsRecorder:
 
 class AnsweredElsewhere:
     """What a sink whose answers arrive on another thread keeps: acknowledged counts, the publishes in flight,
-    and a way to wait until none is (``wait_idle``, for shutdown). ``_lock`` may guard the sink's own state too.
+    a way to wait until none is (``wait_idle``, for shutdown), and the hand-back of each answer to the pipeline's
+    thread through its ``scheduler`` (``_answer``). ``_lock`` may guard the sink's own state too.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, scheduler: abc.SchedulerBase) -> None:
+        self._scheduler = scheduler
         self._recorder = StatsRecorder()
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -164,6 +169,22 @@ class AnsweredElsewhere:
         with self._lock:
             self._in_flight -= 1
             self._idle.notify_all()
+
+    def _answer(
+        self, outcome: PublishAck | PublishError, observer: abc.ObserverBase[PublishAck], listening: list[bool]
+    ) -> None:
+        """One publish ended: hand its outcome to the pipeline's thread, through its scheduler."""
+        self._publish_ended()
+        if not listening[0]:
+            return
+
+        def deliver(_: abc.SchedulerBase, __: object = None) -> None:
+            tell_observer(observer, outcome, listening)
+
+        try:
+            self._scheduler.schedule(deliver)
+        except Exception as error:  # the scheduler is already disposed: nobody is listening any more
+            log.debug("publisher.late_answer", error=str(error))
 
 
 def tell_observer(

@@ -14,8 +14,9 @@ account for.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from functools import partial
 
 import grpc
 import reactivex
@@ -27,7 +28,7 @@ from rxstreamer.encoding import CONTENT_DIGEST_HEADER, CONTENT_ENCODING_HEADER, 
 from rxstreamer.model import EncodedBatch, PublishAck
 from rxstreamer.proto import mq_pb2, mq_pb2_grpc
 from rxstreamer.retry import PublishError
-from rxstreamer.sinks.base import AnsweredElsewhere, SinkOptions, tell_observer
+from rxstreamer.sinks.base import AnsweredElsewhere, SinkOptions
 from rxstreamer.tls import ClientSecurity, client_security, explain_unavailable
 
 log = structlog.get_logger()
@@ -91,7 +92,6 @@ class GrpcSink(AnsweredElsewhere):
         self.address = address
         self._topic = topic
         self._timeout = options.timeout
-        self._scheduler = options.scheduler
         compression = options.settings.compression if options.settings is not None else "none"
         # gzip is gRPC's own, per call (the payload stays plain); zstd compresses the payload, named in a header.
         self._call_compression = grpc.Compression.Gzip if compression == "gzip" else None
@@ -100,7 +100,7 @@ class GrpcSink(AnsweredElsewhere):
         self._security = client_security(options.settings, address)  # ConfigError for a TLS or token file
         self._channel = self._security.channel(address, options=_CHANNEL_OPTIONS)
         self._stub = mq_pb2_grpc.MessageQueueStub(self._channel)
-        super().__init__()
+        super().__init__(options.scheduler)
         self._calls = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rxstreamer-publish") if background else None
         self._closed = False
         self._on_connectivity = on_connectivity
@@ -139,12 +139,8 @@ class GrpcSink(AnsweredElsewhere):
         listening: list[bool],
     ) -> None:
         """The blocking call, on the publishing thread (``background``)."""
-        try:
-            response = self._stub.Publish(request, timeout=self._timeout, compression=self._call_compression)
-        except _CALL_ERRORS as error:
-            self._answer(self._failed(error, batch), observer, listening)
-        else:
-            self._answer(self._acked(response, batch), observer, listening)
+        call = partial(self._stub.Publish, request, timeout=self._timeout, compression=self._call_compression)
+        self._settle(call, batch, observer, listening)
 
     def _call_without_blocking(
         self,
@@ -153,22 +149,28 @@ class GrpcSink(AnsweredElsewhere):
         observer: abc.ObserverBase[PublishAck],
         listening: list[bool],
     ) -> None:
-        """The call carried by gRPC's threads; ``done`` runs on one of them (or here, if it is over already)."""
+        """The call carried by gRPC's threads; its answer is settled on one of them (or here, if it is over)."""
         try:
             call = self._stub.Publish.future(request, timeout=self._timeout, compression=self._call_compression)
         except _CALL_ERRORS as error:  # the channel was closed under the call
             self._answer(self._failed(error, batch), observer, listening)
             return
+        call.add_done_callback(lambda finished: self._settle(finished.result, batch, observer, listening))
 
-        def done(finished: grpc.Future[mq_pb2.PublishResponse]) -> None:
-            try:
-                response = finished.result()
-            except _CALL_ERRORS as error:
-                self._answer(self._failed(error, batch), observer, listening)
-            else:
-                self._answer(self._acked(response, batch), observer, listening)
-
-        call.add_done_callback(done)
+    def _settle(
+        self,
+        response: Callable[[], mq_pb2.PublishResponse],
+        batch: EncodedBatch,
+        observer: abc.ObserverBase[PublishAck],
+        listening: list[bool],
+    ) -> None:
+        """Get the call's ``response`` (or the error it ended with) and answer the publish with it."""
+        try:
+            answered = response()
+        except _CALL_ERRORS as error:
+            self._answer(self._failed(error, batch), observer, listening)
+        else:
+            self._answer(self._acked(answered, batch), observer, listening)
 
     def _acked(self, response: mq_pb2.PublishResponse, batch: EncodedBatch) -> PublishAck:
         # Counted at once: the ack is real even if the pipeline was disposed meanwhile.
@@ -181,22 +183,6 @@ class GrpcSink(AnsweredElsewhere):
             return publish_error(error, batch, (self.address, self._security))
         # ValueError from a closed channel, FutureCancelledError from one closed during the call
         return PublishError("CANCELLED", f"the publish was cut as the channel closed: {type(error).__name__} {error}")
-
-    def _answer(
-        self, outcome: PublishAck | PublishError, observer: abc.ObserverBase[PublishAck], listening: list[bool]
-    ) -> None:
-        """Hand the outcome back to the pipeline's thread, through its scheduler."""
-        self._publish_ended()
-        if not listening[0]:
-            return
-
-        def deliver(_: abc.SchedulerBase, __: Any = None) -> None:
-            tell_observer(observer, outcome, listening)
-
-        try:
-            self._scheduler.schedule(deliver)
-        except Exception as error:  # the scheduler is already disposed: nobody is listening any more
-            log.debug("publisher.late_answer", error=str(error))
 
     def _connectivity_changed(self, state: grpc.ChannelConnectivity) -> None:
         if self._on_connectivity is not None:

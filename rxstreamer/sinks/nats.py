@@ -63,7 +63,7 @@ from rxstreamer.config import ConfigError
 from rxstreamer.encoding import CONTENT_DIGEST_HEADER, CONTENT_ENCODING_HEADER, compress_payload
 from rxstreamer.model import EncodedBatch, PublishAck
 from rxstreamer.retry import PublishError
-from rxstreamer.sinks.base import AnsweredElsewhere, ResumePoint, SinkOptions, tell_observer
+from rxstreamer.sinks.base import AnsweredElsewhere, ResumePoint, SinkOptions
 from rxstreamer.tls import client_ssl_context, client_token, is_loopback, read_file
 
 if TYPE_CHECKING:
@@ -71,6 +71,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SUBJECT_PREFIX",
+    "InterruptedWaitError",
     "NatsRefusedError",
     "NatsSecurity",
     "NatsSink",
@@ -80,6 +81,7 @@ __all__ = [
     "refusal",
     "servers_of",
     "subject_covers",
+    "unless_set",
 ]
 
 log = structlog.get_logger()
@@ -260,6 +262,26 @@ def _creds(path: Path) -> tuple[Path | None, Path | None, str]:
             setting, path, "is neither a NATS .creds file nor an NKey user seed (one line starting with SU)"
         ) from None
     return what
+
+
+class InterruptedWaitError(Exception):
+    """``unless_set`` gave up on its awaitable (cancelled): its event was set, or its time ran out."""
+
+
+async def unless_set(awaitable: Awaitable[_T], event: asyncio.Event, timeout: float | None = None) -> _T:
+    """The awaitable's result, unless ``event`` is set or ``timeout`` passes first: then it is cancelled and
+    ``InterruptedWaitError`` raised, for the caller to say why (a refused connection, a closed one, time)."""
+    task = asyncio.ensure_future(awaitable)
+    interrupted = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({task, interrupted}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        interrupted.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    raise InterruptedWaitError
 
 
 class NatsRefusedError(Exception):
@@ -469,10 +491,9 @@ class NatsSink(AnsweredElsewhere):
         compression = options.settings.compression
         self._payload_encoding = "" if compression == "none" else compression
         self._timeout = options.timeout
-        self._scheduler = options.scheduler
         self._on_connectivity = options.on_connectivity
         self._resume = options.resume
-        super().__init__()
+        super().__init__(options.scheduler)
         self._closed = False
         self._stored_before: dict[int, int] = {}  # this producer's sequences found stored after the checkpoint
         # Set when no publish can ever succeed: the stream cannot take our batches, the servers refused this
@@ -496,7 +517,7 @@ class NatsSink(AnsweredElsewhere):
             listening = [True]
             self._publish_started()
             future = asyncio.run_coroutine_threadsafe(self._publish(batch), self._loop)
-            future.add_done_callback(lambda done: self._answered(done.result(), observer, listening))
+            future.add_done_callback(lambda done: self._answer(done.result(), observer, listening))
             return Disposable(lambda: listening.__setitem__(0, False))
 
         return reactivex.create(subscribe)
@@ -528,19 +549,12 @@ class NatsSink(AnsweredElsewhere):
     async def _unless_refused(self, awaitable: Awaitable[_T], timeout: float) -> _T:
         """The awaitable's result within ``timeout`` (TimeoutError), or NatsRefusedError as soon as the connection
         is refused."""
-        task = asyncio.ensure_future(awaitable)
-        refused = asyncio.ensure_future(self._refused.wait())
         try:
-            await asyncio.wait({task, refused}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            refused.cancel()
-        if task.done():
-            return task.result()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        if self._refusal is not None:
-            raise NatsRefusedError(self._refusal)
-        raise TimeoutError
+            return await unless_set(awaitable, self._refused, timeout)
+        except InterruptedWaitError:
+            if self._refusal is not None:
+                raise NatsRefusedError(self._refusal) from None
+            raise TimeoutError from None
 
     async def _attempt(self, batch: EncodedBatch) -> PublishAck | PublishError:
         if self._refusal is not None:
@@ -717,21 +731,6 @@ class NatsSink(AnsweredElsewhere):
     def _tell(self, state: str) -> None:
         if self._on_connectivity is not None:
             self._on_connectivity(state)
-
-    def _answered(
-        self, outcome: PublishAck | PublishError, observer: abc.ObserverBase[PublishAck], listening: list[bool]
-    ) -> None:
-        self._publish_ended()
-        if not listening[0]:
-            return
-
-        def deliver(_: abc.SchedulerBase, __: Any = None) -> None:
-            tell_observer(observer, outcome, listening)
-
-        try:
-            self._scheduler.schedule(deliver)
-        except Exception as error:  # the scheduler is disposed: nobody listens any more
-            log.debug("publisher.late_answer", error=str(error))
 
     def _call(self, coroutine: Coroutine[Any, Any, _T] | Awaitable[_T], timeout: float) -> _T | None:
         try:
