@@ -148,6 +148,27 @@ class Broker(ServerProcess):
         return rxstreamer_command("mq", "--listen", "127.0.0.1:0", "--log-format", "json", *BROKER_LIMITS)
 
 
+def published_times_ns(address: str, topic: str, expected: int, timeout: float = 30.0) -> list[int]:
+    """Every message's published_at (ns) on the topic, read back with Subscribe, ordered by the producer's sequence."""
+    import grpc
+
+    from rxstreamer.proto import mq_pb2, mq_pb2_grpc
+
+    stamps: dict[int, int] = {}
+    with grpc.insecure_channel(address) as channel:
+        stub = mq_pb2_grpc.MessageQueueStub(channel)
+        request = mq_pb2.SubscribeRequest(topic=topic, start=mq_pb2.START_POSITION_EARLIEST)
+        stream = stub.Subscribe(request, timeout=timeout)
+        for message in stream:
+            stamps[message.sequence] = message.published_at.ToNanoseconds()
+            if len(stamps) == expected:
+                stream.cancel()
+                break
+    if len(stamps) != expected:
+        raise RuntimeError(f"read {len(stamps)} messages from {topic}, expected {expected}")
+    return [stamps[sequence] for sequence in sorted(stamps)]
+
+
 def parse_log_line(line: str) -> dict[str, Any] | None:
     """One JSON log line as a dict, or None for anything else on stdout."""
     if not line.startswith("{"):

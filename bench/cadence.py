@@ -27,7 +27,6 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import grpc
 from _common import (
     REPO_ROOT,
     Broker,
@@ -35,6 +34,7 @@ from _common import (
     Report,
     child_env,
     markdown_table,
+    published_times_ns,
     read_events,
     rxstreamer_command,
     unique_topic,
@@ -71,23 +71,6 @@ def groups_of(path: Path) -> tuple[list[int], list[float]]:
     return sizes, [(stamp - stamps[0]).total_seconds() for stamp in stamps]
 
 
-def published_times(address: str, topic: str, expected: int, timeout: float = 60.0) -> list[int]:
-    """published_at (ns) of every message, by sequence: one message per timestamp group (see the docstring)."""
-    from rxstreamer.proto import mq_pb2, mq_pb2_grpc
-
-    found: dict[int, int] = {}
-    with grpc.insecure_channel(address) as channel:
-        stub = mq_pb2_grpc.MessageQueueStub(channel)
-        request = mq_pb2.SubscribeRequest(topic=topic, start=mq_pb2.START_POSITION_EARLIEST)
-        stream = stub.Subscribe(request, timeout=timeout)
-        for message in stream:
-            found[message.sequence] = message.published_at.ToNanoseconds()
-            if len(found) == expected:
-                stream.cancel()
-                break
-    return [found[sequence] for sequence in sorted(found)]
-
-
 def replay(address: str, path: Path, speed: float) -> tuple[list[int], float]:
     topic = unique_topic("cadence")
     command = rxstreamer_command(
@@ -101,7 +84,7 @@ def replay(address: str, path: Path, speed: float) -> tuple[list[int], float]:
     stopped = events.get("streamer.stopped", {})
     if not stopped or stopped.get("reason") not in ("completed", "signal"):
         raise RuntimeError(f"the streamer failed (exit status {status}): {stopped}")
-    return published_times(address, topic, int(stopped["batches_published"])), usage.ru_utime + usage.ru_stime
+    return published_times_ns(address, topic, int(stopped["batches_published"])), usage.ru_utime + usage.ru_stime
 
 
 def span_figures(address: str, path: Path, offsets: list[float]) -> list[Figure]:
@@ -136,7 +119,7 @@ def drift_figure(address: str, path: Path, offsets: list[float], minutes: float)
     process.terminate()
     events = {entry["event"]: entry for entry in read_events(process.stdout)}
     process.wait()
-    times = published_times(address, topic, int(events["streamer.stopped"]["batches_published"]))
+    times = published_times_ns(address, topic, int(events["streamer.stopped"]["batches_published"]))
     ideal = [p * period + offsets[g] for p in range(len(times) // len(offsets) + 1) for g in range(len(offsets))]
     late_ms = [(t - times[0]) / 1e6 - ideal[j] * 1000 for j, t in enumerate(times)]
     first = [late for j, late in enumerate(late_ms) if ideal[j] < 60]

@@ -37,7 +37,6 @@ import sys
 import time
 from dataclasses import dataclass
 
-import grpc
 from _common import (
     REPO_ROOT,
     Broker,
@@ -48,6 +47,7 @@ from _common import (
     log_time,
     markdown_table,
     median,
+    published_times_ns,
     read_events,
     rxstreamer_command,
     unique_topic,
@@ -77,25 +77,6 @@ class Pacing:
     @property
     def drift_ms(self) -> float:
         return self.last_mean_late_ms - self.first_mean_late_ms
-
-
-def published_times_ns(address: str, topic: str, expected: int, timeout: float = 30.0) -> list[int]:
-    """Every message's published_at on the topic, ordered by the producer's sequence."""
-    from rxstreamer.proto import mq_pb2, mq_pb2_grpc
-
-    stamps: dict[int, int] = {}
-    with grpc.insecure_channel(address) as channel:
-        stub = mq_pb2_grpc.MessageQueueStub(channel)
-        request = mq_pb2.SubscribeRequest(topic=topic, start=mq_pb2.START_POSITION_EARLIEST)
-        stream = stub.Subscribe(request, timeout=timeout)
-        for message in stream:
-            stamps[message.sequence] = message.published_at.ToNanoseconds()
-            if len(stamps) == expected:
-                stream.cancel()
-                break
-    if len(stamps) != expected:
-        raise RuntimeError(f"read {len(stamps)} messages from {topic}, expected {expected}")
-    return [stamps[sequence] for sequence in sorted(stamps)]
 
 
 def percentile(values: list[float], fraction: float) -> float:
