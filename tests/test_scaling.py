@@ -7,6 +7,7 @@ shards, so that instances of two versions started together would send some GPUs 
 from __future__ import annotations
 
 import csv
+import json
 import re
 import subprocess
 import sys
@@ -29,7 +30,8 @@ from rxstreamer.broker import BrokerOptions, start_broker
 from rxstreamer.checkpoint import CheckpointError, FileIdentity
 from rxstreamer.config import ConfigError, load_settings
 from rxstreamer.counts import PipelineCounters, RunCounts
-from rxstreamer.encoding import BatchEncoder
+from rxstreamer.encoding import BatchEncoder, metric_to_dict, to_metric
+from rxstreamer.exposition import scrape_text
 from rxstreamer.model import MetricRow
 from rxstreamer.operators import pull_through
 from rxstreamer.pipeline import build_pipeline
@@ -49,7 +51,7 @@ from rxstreamer.scaling import (
 )
 from rxstreamer.service import derive_producer_id, run_streamer, started_fields
 from rxstreamer.sinks import InMemorySink
-from rxstreamer.sources import CsvRows
+from rxstreamer.sources import CsvRows, JsonLinesRows, PrometheusRows
 from rxstreamer.testing import metric_row
 from tests.conftest import REPO_ROOT, TEST_DATA_CSV, with_two_bad_rows
 
@@ -442,4 +444,57 @@ def test_the_csv_source_skips_other_shards_records_and_every_record_is_handled_o
         seen += kept
         rejected += len(rejections)
     assert rejected == 3
+    assert sorted(seen) == sorted(everything)
+
+
+def _json_lines_file(path: Path) -> Path:
+    """test-data/metrics.csv as JSON lines (``tail``'s format), with a bad record and an unusable line."""
+    lines = [json.dumps(metric_to_dict(to_metric(row))) for row in CsvRows(TEST_DATA_CSV)]
+    lines[5] = lines[5].replace('"value": ', '"value": "not a number", "was": ')
+    lines[7] = "{not json"
+    path.write_text("\n".join(lines) + "\n\x00 a NUL line\n", encoding="utf-8")
+    return path
+
+
+def _exposition_file(path: Path) -> Path:
+    """One scrape of 4 hosts, with a sample whose value is no number and a line that is no sample."""
+    text = scrape_text(hosts=4, gpus=8, seed=3).splitlines()
+    samples = [index for index, line in enumerate(text) if line and not line.startswith("#")]
+    text[samples[5]] = text[samples[5]].rsplit(" ", 1)[0] + " not-a-number"
+    text[samples[7]] = "no sample here"
+    path.write_text("\n".join(text) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("source", "make"),
+    [(JsonLinesRows, _json_lines_file), (PrometheusRows, _exposition_file)],
+    ids=["jsonl", "prometheus"],
+)
+@pytest.mark.parametrize("copies", [1, 3])
+def test_formats_that_parse_every_record_still_reject_each_bad_one_in_one_shard(
+    tmp_path: Path, source: type[JsonLinesRows | PrometheusRows], make: Any, copies: int
+) -> None:
+    """Without a skip by uuid, each shard parses every record; a bad one is still rejected once between them
+    (by shard 0, as a record of unknown uuid), and each shard's counts still add up."""
+    path = make(tmp_path / "input")
+    unsharded: list[Any] = []
+    list(source(path, on_reject=unsharded.append))
+    expected = [rejection.reason for rejection in unsharded]
+    assert len(expected) >= 2
+    everything = list(pull_through(source(path), amplify(copies)))
+    seen: list[MetricRow] = []
+    rejected: list[str] = []
+    for index in range(3):
+        rejections: list[Any] = []
+        rows = source(path, on_reject=rejections.append)
+        counters = ScalingCounters()
+        rows.skip_uuids(*skipping_other_shards(index, 3, copies, counters))
+        kept = list(pull_through(rows, amplify(copies, counters), shard(index, 3, counters)))
+        stats = rows.stats
+        assert stats.rows_read + counters.rows_copied == len(kept) + stats.rows_rejected + counters.rows_in_other_shards
+        assert (stats.rows_rejected, len(rejections)) == ((len(expected),) * 2 if index == 0 else (0, 0))
+        seen += kept
+        rejected += [rejection.reason for rejection in rejections]
+    assert rejected == expected
     assert sorted(seen) == sorted(everything)

@@ -365,7 +365,7 @@ class JsonLinesRows(LineSource):
 
     def __iter__(self) -> Generator[MetricRow, None, None]:
         at = self._lines  # the position: ``at.line`` is the number of the line just handed over
-        reject = at.reject
+        reject = self._reject_record()
         parse = self._parser.parse
         with closing(at.passes()) as passes:
             for lines in passes:

@@ -496,13 +496,22 @@ class LineSource:
         For sharding: N instances each read the whole input and keep their own GPUs, and a record that is
         another instance's costs only its reading then, not its parsing. A bad record is rejected only where
         ``reports`` says so for its uuid (None: its fields, or its text, could not be told apart), and skipped
-        elsewhere, so that N instances report it once between them. A format may ignore all this (the shard operator
-        downstream still keeps only this instance's rows); the CSV source uses it.
+        elsewhere, so that N instances report it once between them. The CSV source skips by uuid; a format that
+        parses every record (the shard operator downstream keeps this instance's rows) still rejects through
+        ``_reject_record``, so that a bad record is reported once between the instances, not once by each.
         """
         self._keep_uuid = keep_uuid
         self._skipped = skipped
         self._reports = reports
         self._lines.skip_text_rejection = None if reports(None) else skipped
+
+    def _reject_record(self) -> Callable[[Rejection], None]:
+        """How a format that does not read uuids before parsing rejects a record: as its own, or, when sharding
+        leaves records of unknown uuid to another instance, by counting it as that instance's."""
+        if self._reports(None):
+            return self._lines.reject
+        skipped = self._skipped
+        return lambda _: skipped()
 
     @property
     def stats(self) -> SourceStats:

@@ -478,7 +478,7 @@ class PrometheusRows(LineSource):
     def __iter__(self) -> Generator[MetricRow, None, None]:
         at = self._lines  # ``at.line`` is the number of the line just handed over
         stats = at.stats
-        reject = at.reject
+        reject = self._reject_record()
         resume_at = self.start.offset if self.start is not None else 0
         with closing(at.passes()) as passes:
             for lines in passes:
