@@ -32,7 +32,7 @@ from rxstreamer.config import ConfigError, load_settings
 from rxstreamer.counts import PipelineCounters, RunCounts
 from rxstreamer.encoding import BatchEncoder, metric_to_dict, to_metric
 from rxstreamer.exposition import scrape_text
-from rxstreamer.model import MetricRow
+from rxstreamer.model import MetricRow, Rejection
 from rxstreamer.operators import pull_through
 from rxstreamer.pipeline import build_pipeline
 from rxstreamer.retry import RetryPolicy
@@ -429,22 +429,32 @@ def test_the_csv_source_skips_other_shards_records_and_every_record_is_handled_o
     with path.open("w", newline="") as file:
         csv.writer(file, quoting=csv.QUOTE_ALL, lineterminator="\n").writerows(records)
         file.write('"a line with a NUL \x00 byte"\n')  # and one whose text is unusable: shard 0 reports it too
-    everything = list(pull_through(CsvRows(path), amplify(copies)))
+    rejected = _each_shard_handles_its_own(CsvRows, path, copies)
+    assert len([reason for reasons in rejected for reason in reasons]) == 3
+
+
+def _each_shard_handles_its_own(
+    source: type[CsvRows | JsonLinesRows | PrometheusRows], path: Path, copies: int, shards: int = 3
+) -> list[list[str]]:
+    """Read ``path`` as each of ``shards`` shards; check that each keeps only its GPUs, that its counts add up,
+    and that together they send what one unsharded reader would. Returns each shard's rejection reasons."""
+    everything = list(pull_through(source(path), amplify(copies)))
     seen: list[MetricRow] = []
-    rejected = 0
-    for index in range(3):
-        rejections: list[object] = []
-        rows = CsvRows(path, on_reject=rejections.append)
+    rejected: list[list[str]] = []
+    for index in range(shards):
+        rejections: list[Rejection] = []
+        rows = source(path, on_reject=rejections.append)
         counters = ScalingCounters()
-        rows.skip_uuids(*skipping_other_shards(index, 3, copies, counters))
-        kept = list(pull_through(rows, amplify(copies, counters), shard(index, 3, counters)))
-        assert {shard_of(row.uuid, 3) for row in kept} <= {index}
+        rows.skip_uuids(*skipping_other_shards(index, shards, copies, counters))
+        kept = list(pull_through(rows, amplify(copies, counters), shard(index, shards, counters)))
+        assert {shard_of(row.uuid, shards) for row in kept} <= {index}
         stats = rows.stats
         assert stats.rows_read + counters.rows_copied == len(kept) + stats.rows_rejected + counters.rows_in_other_shards
+        assert stats.rows_rejected == len(rejections)
         seen += kept
-        rejected += len(rejections)
-    assert rejected == 3
+        rejected.append([rejection.reason for rejection in rejections])
     assert sorted(seen) == sorted(everything)
+    return rejected
 
 
 def _json_lines_file(path: Path) -> Path:
@@ -478,23 +488,8 @@ def test_formats_that_parse_every_record_still_reject_each_bad_one_in_one_shard(
     """Without a skip by uuid, each shard parses every record; a bad one is still rejected once between them
     (by shard 0, as a record of unknown uuid), and each shard's counts still add up."""
     path = make(tmp_path / "input")
-    unsharded: list[Any] = []
+    unsharded: list[Rejection] = []
     list(source(path, on_reject=unsharded.append))
     expected = [rejection.reason for rejection in unsharded]
     assert len(expected) >= 2
-    everything = list(pull_through(source(path), amplify(copies)))
-    seen: list[MetricRow] = []
-    rejected: list[str] = []
-    for index in range(3):
-        rejections: list[Any] = []
-        rows = source(path, on_reject=rejections.append)
-        counters = ScalingCounters()
-        rows.skip_uuids(*skipping_other_shards(index, 3, copies, counters))
-        kept = list(pull_through(rows, amplify(copies, counters), shard(index, 3, counters)))
-        stats = rows.stats
-        assert stats.rows_read + counters.rows_copied == len(kept) + stats.rows_rejected + counters.rows_in_other_shards
-        assert (stats.rows_rejected, len(rejections)) == ((len(expected),) * 2 if index == 0 else (0, 0))
-        seen += kept
-        rejected += [rejection.reason for rejection in rejections]
-    assert rejected == expected
-    assert sorted(seen) == sorted(everything)
+    assert _each_shard_handles_its_own(source, path, copies) == [expected, [], []]
