@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from rxstreamer.config import DECLARATIONS, ENV_NESTING, ENV_PREFIX, ConfigError, Settings, load_settings
 from rxstreamer.durations import parse_duration
@@ -40,8 +40,31 @@ class _ErrorFormat:
         cls.format = flag if flag is not None else os.environ.get(_LOG_FORMAT_VARIABLE)
 
     @classmethod
+    def guess_from_argv(cls, argv: Sequence[str]) -> None:
+        """Before the arguments parse, for argparse's own errors: the flag's last value as given, if any."""
+        flag = None
+        for index, argument in enumerate(argv):
+            if argument == "--log-format" and index + 1 < len(argv):
+                flag = argv[index + 1]
+            elif argument.startswith("--log-format="):
+                flag = argument.partition("=")[2]
+        cls.format = flag if flag is not None else os.environ.get(_LOG_FORMAT_VARIABLE)
+
+    @classmethod
     def is_json(cls) -> bool:
         return cls.format is not None and str(cls.format).strip().lower() == "json"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose own usage errors (an unknown flag, a flag without its value) come as one JSON line when
+    the logs are JSON, like every other error before start-up; else as argparse writes them."""
+
+    command = "run"  # the command being parsed, for where to look: `rxstreamer <command> --help`
+
+    def error(self, message: str) -> NoReturn:
+        if _ErrorFormat.is_json():
+            sys.exit(_fail(message, EXIT_USAGE, "cli.usage_error", help=f"rxstreamer {_Parser.command} --help"))
+        super().error(message)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -50,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if not args_list or args_list[0] not in (*COMMANDS, "-h", "--help", "--version"):
         args_list.insert(0, "run")  # `rxstreamer --batch-size 5` means `rxstreamer run --batch-size 5`
+    _ErrorFormat.guess_from_argv(args_list)
+    _Parser.command = args_list[0] if args_list[0] in COMMANDS else "run"
     args = _parser().parse_args(args_list)
     args.argv = args_list[1:]  # the command's own arguments, as given: what `run --workers N` gives each worker
     _ErrorFormat.guess(args)
@@ -399,13 +424,13 @@ def _add_version(parser: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "--config", type=Path, help="a TOML, YAML or JSON file overriding settings.toml (default: $RXSTREAMER_CONFIG)"
     )
     _add_version(common)
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="rxstreamer",
         description="Stream DCGM GPU telemetry from a CSV file into a message queue over gRPC.",
         epilog="Without a command, `run` is assumed.",

@@ -43,6 +43,33 @@ def test_a_bad_setting_is_one_json_line_with_json_logs(args: list[str], env: dic
     assert line["exit_code"] == 2
 
 
+@pytest.mark.parametrize(
+    ("command", "args", "env"),
+    [
+        (["run", "--log-format", "json", "--bogus"], "unrecognized arguments: --bogus", None),
+        (["tail", "--log-format=json", "--topic"], "argument --topic: expected one argument", None),
+        (["mq", "--bogus"], "unrecognized arguments: --bogus", {"RXSTREAMER_LOGGING__FORMAT": "json"}),
+    ],
+    ids=["unknown-flag", "flag-without-value", "environment"],
+)
+def test_a_usage_error_is_one_json_line_with_json_logs(
+    command: list[str], args: str, env: dict[str, str] | None
+) -> None:
+    """argparse's own errors too: a log collector reading JSON lines never gets argparse's two plain lines."""
+    finished = run_command(*command, env=env)
+    assert (finished.returncode, finished.stdout) == (2, "")
+    line = only_json_line(finished.stderr)
+    assert (line["level"], line["event"], line["error"], line["exit_code"]) == ("error", "cli.usage_error", args, 2)
+    assert line["help"] == f"rxstreamer {command[0]} --help"
+
+
+def test_a_usage_error_with_console_logs_is_argparse_s_own() -> None:
+    finished = run_command("run", "--log-format", "console", "--bogus")
+    assert (finished.returncode, finished.stdout) == (2, "")
+    assert finished.stderr.startswith("usage: rxstreamer")
+    assert finished.stderr.endswith("rxstreamer: error: unrecognized arguments: --bogus\n")
+
+
 def test_a_settings_file_asking_for_json_logs_gets_json_errors(tmp_path: Path) -> None:
     """Settings that load say JSON: an error after loading them (a missing metrics file) is JSON too."""
     config = tmp_path / "settings.toml"
