@@ -33,6 +33,7 @@ from rxstreamer.checkpoint import (
     read_checkpoint,
 )
 from rxstreamer.config import ConfigError, Settings, require_readable_file, settings_summary
+from rxstreamer.config.declared import TelemetrySettings
 from rxstreamer.counts import Counts, PipelineCounters, RunCounts
 from rxstreamer.encoding import BatchEncoder
 from rxstreamer.model import Position, PublishAck, Rejection
@@ -184,8 +185,27 @@ def _each(*listeners: Callable[[PublishAck], None] | None) -> Callable[[PublishA
     return tell_each
 
 
+#: How batches are cut besides every ``batch_size`` rows: at each timestamp (``pace = "original"``), or one
+#: per scrape of one host (``batch_by = "scrape"``, which cuts at each timestamp too).
+BatchCut = Literal["", "time", "scrape"]
+
+
+def batch_cut(telemetry: TelemetrySettings) -> BatchCut:
+    """What besides the count cuts this run's batches, for its producer id."""
+    if telemetry.batch_by == "scrape":
+        return "scrape"
+    return "time" if telemetry.pace == "original" else ""
+
+
 def derive_producer_id(
-    instance: str, metrics_path: Path, file: FileIdentity, batch_size: int, *, amplify: int = 1, shard: str = ""
+    instance: str,
+    metrics_path: Path,
+    file: FileIdentity,
+    batch_size: int,
+    *,
+    amplify: int = 1,
+    shard: str = "",
+    cut: BatchCut = "",
 ) -> str:
     """A producer id that stays the same across restarts of the same stream, and only of the same stream.
 
@@ -197,11 +217,13 @@ def derive_producer_id(
     The first record of a DCGM export carries its first timestamp, GPU UUID and host, which is what tells
     two exports apart. (A file with no complete data line yet gets another id once it has one.)
 
-    ``amplify`` and ``shard`` change what the batches hold, so they are part of it too, when not the default
-    (``:x3``, ``:shard0of3``): each shard is a producer of its own, with a checkpoint of its own.
+    ``cut``, ``amplify`` and ``shard`` change what the batches hold, so they are part of it too, when not the
+    default (``:scrape``, ``:x3``, ``:shard0of3``): replayed at its own cadence or cut per scrape, the same file
+    is another stream, not one whose batches came back different; each shard is a producer of its own, with a
+    checkpoint of its own.
     """
     base = f"{instance or socket.gethostname()}:{metrics_path.name}:{file.head[:12]}:b{batch_size}"
-    return _scaled_id(base, amplify, shard)
+    return _scaled_id(base + (f":{cut}" if cut else ""), amplify, shard)
 
 
 def _scaled_id(producer_id: str, amplify: int, shard: str) -> str:
@@ -356,7 +378,13 @@ def _file_input(settings: Settings, path: Path) -> _Input:
         raise ConfigError("telemetry.metrics_path", path, f"cannot be read: {error.strerror or error}") from error
     explicit = settings.message_queue.producer_id
     producer_id = (explicit and explicit + _shard_suffix(telemetry.shard)) or derive_producer_id(
-        telemetry.instance, path, file, telemetry.batch_size, amplify=telemetry.amplify, shard=telemetry.shard
+        telemetry.instance,
+        path,
+        file,
+        telemetry.batch_size,
+        amplify=telemetry.amplify,
+        shard=telemetry.shard,
+        cut=batch_cut(telemetry),
     )
 
     def open_file(start: Position | None, on_reject: Callable[[Rejection], None]) -> Source:

@@ -396,6 +396,26 @@ def test_an_explicit_producer_id_gets_the_shard_appended(broker_address: str) ->
     assert started["producer_id"] == "load-test:shard1of4"
 
 
+@pytest.mark.parametrize(
+    "cut",
+    [{"telemetry.pace": "original", "telemetry.speed": 1000}, {"telemetry.batch_by": "scrape"}],
+    ids=["original-cadence", "per-scrape"],
+)
+def test_the_same_file_cut_another_way_is_another_producer_not_a_conflict(
+    broker_address: str, cut: dict[str, object]
+) -> None:
+    """A file streamed by count, then at its own cadence or per scrape, to the same topic: the second run holds
+    other rows under each sequence, so it is another producer, and the queue takes it whole, not refusing it as
+    the first's batches come back different."""
+    topic = {"message_queue.topic": f"cut-{'-'.join(map(str, cut.values()))}"}  # the broker serves the module
+    by_count = run_streamer(_settings(broker_address, **topic), stop=threading.Event())
+    cut_otherwise = run_streamer(_settings(broker_address, **topic, **cut), stop=threading.Event())
+    assert (by_count.reason, by_count.rows_published, by_count.duplicates) == ("completed", 960, 0)
+    assert (cut_otherwise.reason, cut_otherwise.rows_published, cut_otherwise.duplicates) == ("completed", 960, 0)
+    again = run_streamer(_settings(broker_address, **topic, **cut), stop=threading.Event())
+    assert (again.reason, again.duplicates) == ("completed", again.batches_published)  # the same stream again
+
+
 def test_the_started_and_stopped_lines_show_amplify_and_shard_only_when_on(broker_address: str) -> None:
     on = _settings(broker_address, **{"telemetry.amplify": 3, "telemetry.shard": "2/3", "message_queue.topic": "on"})
     fields = started_fields(on, "me")

@@ -259,7 +259,7 @@ class MessageQueueSettings:
     producer_id: str = setting(
         TEXT,
         "",
-        "the identity the queue deduplicates by; empty: instance, file name, file fingerprint and batch size",
+        "the identity the queue deduplicates by; empty: instance, file name, file fingerprint and how it is batched",
         "--producer-id",
     )
     max_retry_time: float = setting(
