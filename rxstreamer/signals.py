@@ -12,39 +12,54 @@ Only the standard library is imported at module level; the logger is looked up w
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import threading
+import time
+from collections.abc import Callable
 from types import FrameType
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: A stop signal this soon after the first is the same request delivered twice, not a second one: ``timeout``
+#: signals its command and then its process group, and a service manager that signals every process of a
+#: service (systemd's default) reaches each ``--workers`` process both directly and through the supervisor.
+#: Someone asking again, to skip the graceful stop, does so later than that.
+REPEAT_WINDOW_S = 0.5
 
 
 class SignalWatch:
-    """Turns SIGINT/SIGTERM into ``stop`` (a second one exits at once) and logs SIGHUP instead of dying of it.
+    """Turns SIGINT/SIGTERM into ``stop`` (a second one, ``REPEAT_WINDOW_S`` or more after the first, exits at once)
+    and logs SIGHUP instead of dying of it.
 
-    The handler itself only queues the signal's number (``SimpleQueue.put`` is safe to call from a signal
-    handler); a thread of the watch's own does the rest. A handler that logged or set an Event could
-    deadlock on a lock the interrupted main thread held (writing a log line, waiting on that same Event).
-    ``event_prefix`` names the process in the log lines: ``streamer`` gives ``streamer.sighup_ignored``.
+    The signal's number reaches a thread of the watch's own through ``signal.set_wakeup_fd``, written by the C
+    handler in whichever thread the kernel delivered the signal to; the Python handler does nothing. Python runs
+    its handlers only in the main thread, when that thread next runs Python code: a signal delivered to another
+    thread (a gRPC thread, say) while the main thread waits for its next progress line would have been acted
+    on up to 10 s late, and never while the supervisor waits without a timeout. A handler that logged or set
+    an Event could also deadlock on a lock the interrupted main thread held. ``event_prefix`` names the
+    process in the log lines: ``streamer`` gives ``streamer.sighup_ignored``.
     """
 
-    def __init__(self, event_prefix: str = "process") -> None:
+    def __init__(self, event_prefix: str = "process", clock: Callable[[], float] = time.monotonic) -> None:
         self.stop = threading.Event()
         self.event_prefix = event_prefix
         self.received: list[signal.Signals] = []
+        self._clock = clock
+        self._first_at = 0.0
         self.installed = False
-        self._pending: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._numbers, self._wakeup = os.pipe()  # the C handler writes each signal's number, a byte, to _wakeup
+        os.set_blocking(self._wakeup, False)
         threading.Thread(target=self._act_on_signals, name="rxstreamer-signals", daemon=True).start()
 
     def install(self) -> None:
         """Take over SIGINT, SIGTERM and SIGHUP; only the main thread may do this."""
         for signum in (*STOP_SIGNALS, signal.SIGHUP):
-            signal.signal(signum, self._queue_signal)
+            signal.signal(signum, _noted_by_the_wakeup_fd)
+        signal.set_wakeup_fd(self._wakeup, warn_on_full_buffer=False)
         self.installed = True
 
     def uninstall(self) -> None:
         """Give the signals back to Python's defaults."""
+        signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         for signum in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, signal.SIG_DFL)
@@ -60,12 +75,11 @@ class SignalWatch:
         """The name of the first stop signal received, for the log line that says why the process stops."""
         return self.received[0].name if self.received else None
 
-    def _queue_signal(self, signum: int, _frame: FrameType | None) -> None:
-        self._pending.put(signum)
-
     def _act_on_signals(self) -> None:
         while True:
-            self._act_on(signal.Signals(self._pending.get()))
+            for number in os.read(self._numbers, 64):
+                if number in _WATCHED:
+                    self._act_on(signal.Signals(number))
 
     def _act_on(self, received: signal.Signals) -> None:
         import structlog
@@ -78,11 +92,30 @@ class SignalWatch:
                 meaning="nothing is reloaded; restart to apply changes",
             )
             return
+        now = self._clock()
+        if self.received and now - self._first_at < REPEAT_WINDOW_S:
+            log.info(
+                f"{self.event_prefix}.signal_repeated", signal=received.name, after_s=round(now - self._first_at, 3)
+            )
+            return
         self.received.append(received)
         if len(self.received) > 1:
             log.warning(f"{self.event_prefix}.forced_exit", signal=received.name, exit_code=128 + received)
-            os._exit(128 + received)  # asked twice: skip the graceful shutdown
+            self._exit(128 + received)  # asked twice: skip the graceful shutdown
+            return
+        self._first_at = now
         self.stop.set()
+
+    @staticmethod
+    def _exit(status: int) -> None:
+        os._exit(status)
+
+
+_WATCHED = frozenset(int(signum) for signum in (*STOP_SIGNALS, signal.SIGHUP))
+
+
+def _noted_by_the_wakeup_fd(_signum: int, _frame: FrameType | None) -> None:
+    """Python's handler, which must exist for the C handler to stay in place: the watch's thread acts instead."""
 
 
 _process_watch: SignalWatch | None = None

@@ -15,12 +15,14 @@ LOGGER_METHODS = frozenset({"debug", "info", "warning", "warn", "error", "critic
 # Events whose name is not the string constant of a logger call, so that parsing cannot find them. Each must
 # still occur in the source (as a constant or in the named f-string), which the test checks.
 INDIRECT_EVENTS = {
-    # rxstreamer/signals.py logs f"{self.event_prefix}.sighup_ignored" and f"{self.event_prefix}.forced_exit";
+    # rxstreamer/signals.py logs f"{self.event_prefix}.sighup_ignored", ".forced_exit" and ".signal_repeated";
     # cli.py sets event_prefix to "streamer" for `run` and "broker" for `mq`.
     "streamer.sighup_ignored": "{self.event_prefix}.sighup_ignored",
     "streamer.forced_exit": "{self.event_prefix}.forced_exit",
+    "streamer.signal_repeated": "{self.event_prefix}.signal_repeated",
     "broker.sighup_ignored": "{self.event_prefix}.sighup_ignored",
     "broker.forced_exit": "{self.event_prefix}.forced_exit",
+    "broker.signal_repeated": "{self.event_prefix}.signal_repeated",
     # queue_status.py: `level = log.debug if unreachable else log.warning; level("publisher.retry_scheduled", ...)`
     "publisher.retry_scheduled": '"publisher.retry_scheduled"',
     # broker/database.py passes these to _background_failure(event, ...), which logs them.
@@ -30,6 +32,7 @@ INDIRECT_EVENTS = {
     "cli.invalid_setting": '"cli.invalid_setting"',
     "cli.invalid_input": '"cli.invalid_input"',
     "cli.failed": '"cli.failed"',
+    "cli.usage_error": '"cli.usage_error"',
 }
 
 

@@ -235,6 +235,33 @@ def test_sigterm_to_the_supervisor_stops_every_worker_cleanly(broker: Broker, tm
     assert len(published) == summary["rows_published"] - summary["duplicates"]
 
 
+def test_sigterm_to_every_process_at_once_is_one_clean_stop(broker: Broker, tmp_path: Path) -> None:
+    """What systemd's default KillMode and ``pkill`` do: each worker gets SIGTERM itself and again from the
+    supervisor, which is one request, not a second one forcing it out with its last batch cut."""
+    supervisor = start_watched_streamer(
+        "--workers", "2", *STREAMING, "--metrics-path", str(TEST_DATA_CSV), "--mq-address", broker.address,
+        "--topic", "workers-sigterm-all", "--checkpoint-path", str(tmp_path / "checkpoint.json"),
+    )  # fmt: skip
+    try:
+        pids = supervisor.wait_for_event("supervisor.started")["pids"]
+        files = [tmp_path / f"checkpoint.shard-{i}-of-2.json" for i in (0, 1)]
+        wait_until(lambda: all(file.exists() for file in files), START_TIMEOUT, "both workers' checkpoints")
+        for pid in (supervisor.process.pid, *pids):
+            os.kill(pid, signal.SIGTERM)
+        finished = supervisor.finish(timeout=60)
+    finally:
+        supervisor.process.kill()
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert events(finished, "streamer.forced_exit") == []
+    assert events(finished, "worker.failed") == []
+    assert sorted(by_worker(finished, "worker.stopped")) == [0, 1]
+    summary = finished.summary
+    assert (summary["reason"], summary["exit_code"], summary["exit_codes"]) == ("signal", 0, [0, 0])
+    assert summary["rows_published"] > 0
+    published = read_topic(broker.address, "workers-sigterm-all")
+    assert len(published) == summary["rows_published"] - summary["duplicates"]
+
+
 def test_a_killed_worker_is_reported_and_the_others_are_stopped(broker: Broker, tmp_path: Path) -> None:
     checkpoint = tmp_path / "checkpoint.json"
     supervisor = start_watched_streamer(
