@@ -698,6 +698,15 @@ def test_require_readable_file_directory(tmp_path: Path) -> None:
         require_readable_file("telemetry.metrics_path", tmp_path)
 
 
+def test_require_readable_file_refuses_a_pipe_and_says_what_to_do(tmp_path: Path) -> None:
+    """A named pipe (or /dev/stdin) cannot be read twice or resumed at an offset: save the stream to a file."""
+    path = tmp_path / "metrics.csv"
+    os.mkfifo(path)
+    with pytest.raises(ConfigError) as caught:
+        require_readable_file("telemetry.metrics_path", path)
+    assert caught.value.allowed == "must be a regular file, not a pipe or a device: save the stream to a file"
+
+
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root can read any file")
 def test_require_readable_file_unreadable(tmp_path: Path) -> None:
     """A file without read permission fails before streaming starts."""

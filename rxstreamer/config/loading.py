@@ -101,7 +101,7 @@ def require_readable_file(setting: str, path: Path) -> None:
     if path.is_dir():
         raise ConfigError(setting, path, f"is a directory, not a file{where}")
     if not path.is_file():
-        raise ConfigError(setting, path, "must be a regular file")
+        raise ConfigError(setting, path, "must be a regular file, not a pipe or a device: save the stream to a file")
     try:
         with path.open("rb"):
             pass
