@@ -14,7 +14,7 @@ import os
 import signal
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from tests.processes import (
     START_TIMEOUT,
     Broker,
     Finished,
+    Watched,
     broker_process,
     read_topic,
     run_command,
@@ -202,22 +203,32 @@ def test_the_users_log_format_is_kept_for_the_relayed_lines(broker: Broker) -> N
 # --- stopping ------------------------------------------------------------------------------------------------
 
 
-def test_sigterm_to_the_supervisor_stops_every_worker_cleanly(broker: Broker, tmp_path: Path) -> None:
-    checkpoint = tmp_path / "checkpoint.json"
+def _two_workers_then(
+    stop: Callable[[Watched, dict[str, Any]], None], broker: Broker, tmp_path: Path, topic: str
+) -> tuple[Finished, dict[str, Any], list[Path]]:
+    """Two workers streaming to ``topic`` with checkpoints; once each has had a batch acknowledged (its checkpoint
+    is written after the acknowledgement), ``stop(supervisor, its supervisor.started line)``. Returns the whole
+    output, that line, and the workers' checkpoint files."""
     supervisor = start_watched_streamer(
         "--workers", "2", *STREAMING, "--metrics-path", str(TEST_DATA_CSV), "--mq-address", broker.address,
-        "--topic", "workers-sigterm", "--checkpoint-path", str(checkpoint),
+        "--topic", topic, "--checkpoint-path", str(tmp_path / "checkpoint.json"),
     )  # fmt: skip
     try:
         started = supervisor.wait_for_event("supervisor.started")
         files = [tmp_path / f"checkpoint.shard-{i}-of-2.json" for i in (0, 1)]
-        assert started["checkpoints"] == [str(file) for file in files]
-        # each worker has had a batch acknowledged (its checkpoint is written after the acknowledgement)
         wait_until(lambda: all(file.exists() for file in files), START_TIMEOUT, "both workers' checkpoints")
-        supervisor.process.send_signal(signal.SIGTERM)
+        stop(supervisor, started)
         finished = supervisor.finish(timeout=60)
     finally:
         supervisor.process.kill()
+    return finished, started, files
+
+
+def test_sigterm_to_the_supervisor_stops_every_worker_cleanly(broker: Broker, tmp_path: Path) -> None:
+    finished, started, files = _two_workers_then(
+        lambda supervisor, _: supervisor.process.send_signal(signal.SIGTERM), broker, tmp_path, "workers-sigterm"
+    )
+    assert started["checkpoints"] == [str(file) for file in files]
     assert finished.returncode == 0, finished.stdout + finished.stderr
     stopping = events(finished, "supervisor.stopping")
     assert [(line["signal"], line["because"]) for line in stopping] == [("SIGTERM", "SIGTERM received")]
@@ -238,19 +249,12 @@ def test_sigterm_to_the_supervisor_stops_every_worker_cleanly(broker: Broker, tm
 def test_sigterm_to_every_process_at_once_is_one_clean_stop(broker: Broker, tmp_path: Path) -> None:
     """What systemd's default KillMode and ``pkill`` do: each worker gets SIGTERM itself and again from the
     supervisor, which is one request, not a second one forcing it out with its last batch cut."""
-    supervisor = start_watched_streamer(
-        "--workers", "2", *STREAMING, "--metrics-path", str(TEST_DATA_CSV), "--mq-address", broker.address,
-        "--topic", "workers-sigterm-all", "--checkpoint-path", str(tmp_path / "checkpoint.json"),
-    )  # fmt: skip
-    try:
-        pids = supervisor.wait_for_event("supervisor.started")["pids"]
-        files = [tmp_path / f"checkpoint.shard-{i}-of-2.json" for i in (0, 1)]
-        wait_until(lambda: all(file.exists() for file in files), START_TIMEOUT, "both workers' checkpoints")
-        for pid in (supervisor.process.pid, *pids):
+
+    def to_every_process(supervisor: Watched, started: dict[str, Any]) -> None:
+        for pid in (supervisor.process.pid, *started["pids"]):
             os.kill(pid, signal.SIGTERM)
-        finished = supervisor.finish(timeout=60)
-    finally:
-        supervisor.process.kill()
+
+    finished, _, _ = _two_workers_then(to_every_process, broker, tmp_path, "workers-sigterm-all")
     assert finished.returncode == 0, finished.stdout + finished.stderr
     assert events(finished, "streamer.forced_exit") == []
     assert events(finished, "worker.failed") == []
@@ -263,19 +267,10 @@ def test_sigterm_to_every_process_at_once_is_one_clean_stop(broker: Broker, tmp_
 
 
 def test_a_killed_worker_is_reported_and_the_others_are_stopped(broker: Broker, tmp_path: Path) -> None:
-    checkpoint = tmp_path / "checkpoint.json"
-    supervisor = start_watched_streamer(
-        "--workers", "2", *STREAMING, "--metrics-path", str(TEST_DATA_CSV), "--mq-address", broker.address,
-        "--topic", "workers-kill", "--checkpoint-path", str(checkpoint),
-    )  # fmt: skip
-    try:
-        pids = supervisor.wait_for_event("supervisor.started")["pids"]
-        files = [tmp_path / f"checkpoint.shard-{i}-of-2.json" for i in (0, 1)]
-        wait_until(lambda: all(file.exists() for file in files), START_TIMEOUT, "both workers' checkpoints")
-        os.kill(pids[1], signal.SIGKILL)
-        finished = supervisor.finish(timeout=60)
-    finally:
-        supervisor.process.kill()
+    finished, started, files = _two_workers_then(
+        lambda _, started: os.kill(started["pids"][1], signal.SIGKILL), broker, tmp_path, "workers-kill"
+    )
+    pids = started["pids"]
     assert finished.returncode == 128 + signal.SIGKILL, finished.stdout + finished.stderr
     failed = events(finished, "worker.failed")
     assert len(failed) == 1
