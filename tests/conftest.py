@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,18 @@ def with_two_bad_rows(directory: Path) -> Path:
     path = directory / "metrics.csv"
     path.write_text("".join([*lines[:50], "bad,row\n", *lines[50:100], "also,bad\n", *lines[100:]]))
     return path
+
+
+@pytest.fixture(scope="module")
+def broker_address() -> Iterator[str]:
+    """An in-memory broker of the project's own, in this process on 127.0.0.1, for one test module."""
+    from rxstreamer.broker import BrokerOptions, start_broker  # imported here: most tests need no grpc
+
+    running = start_broker(BrokerOptions(listen="127.0.0.1:0"))
+    try:
+        yield running.address
+    finally:
+        running.stop(grace=0)
 
 
 @pytest.fixture(scope="module")

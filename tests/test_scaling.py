@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -26,7 +25,6 @@ from reactivex.testing import TestScheduler
 from reactivex.testing.marbles import marbles_testing
 from structlog.testing import capture_logs
 
-from rxstreamer.broker import BrokerOptions, start_broker
 from rxstreamer.checkpoint import CheckpointError, FileIdentity
 from rxstreamer.config import ConfigError, load_settings
 from rxstreamer.counts import PipelineCounters, RunCounts
@@ -327,15 +325,6 @@ def test_the_producer_id_names_amplify_and_shard_when_not_the_default(tmp_path: 
     ]
     assert len(set(ids)) == len(ids)
     assert ids[2] == f"{plain}:x3:shard0of3"
-
-
-@pytest.fixture(scope="module")
-def broker_address() -> Iterator[str]:
-    running = start_broker(BrokerOptions(listen="127.0.0.1:0"))
-    try:
-        yield running.address
-    finally:
-        running.stop(grace=0)
 
 
 def _settings(address: str, **overrides: object) -> Any:

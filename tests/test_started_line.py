@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
-from rxstreamer.broker import BrokerOptions, start_broker
 from rxstreamer.config import load_settings
 from rxstreamer.service import run_streamer, started_fields
 
@@ -26,15 +24,6 @@ STARTED_KEYS = [
     "telemetry.loop",
     "telemetry.timestamps",
 ]
-
-
-@pytest.fixture(scope="module")
-def broker_address() -> Iterator[str]:
-    running = start_broker(BrokerOptions(listen="127.0.0.1:0"))
-    try:
-        yield running.address
-    finally:
-        running.stop(grace=0)
 
 
 def _run(address: str, **overrides: object) -> list[dict[str, Any]]:
